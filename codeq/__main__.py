@@ -1,0 +1,5 @@
+import sys
+
+from codeq.cli import main
+
+sys.exit(main())

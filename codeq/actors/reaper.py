@@ -1,0 +1,31 @@
+"""The lease reaper: retries or dead-letters tasks whose lease expired."""
+
+from __future__ import annotations
+
+from codeq.actors.scheduler import Scheduler
+from codeq.actors.sweeper import TenantSweeper
+from codeq.domain import RetryPolicy
+from codeq.store.store import Store
+
+
+class LeaseReaper(TenantSweeper):
+    """Treats an expired lease like a nack without a delay override
+    (retryReason LEASE_EXPIRED), within about a second of expiry."""
+
+    name = "lease reaper"
+
+    def __init__(self, store: Store, scheduler: Scheduler, retry: RetryPolicy, *,
+                 batch: int = 500, max_idle_ms: int = 1000) -> None:  # fmt: skip
+        super().__init__(store, scheduler, batch=batch, max_idle_ms=max_idle_ms)
+        self.retry = retry
+        self.expired = 0
+
+    def lease_ends_at(self, at_ms: int) -> None:
+        self.due_at(at_ms)
+
+    async def sweep_tenant(self, tag: str, now_ms: int) -> tuple[list[str], int | None]:
+        commands, next_at = await self.store.reap(
+            tag, now_ms=now_ms, batch=self.batch, retry=self.retry
+        )
+        self.expired += len(commands)
+        return commands, next_at

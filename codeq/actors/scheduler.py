@@ -1,0 +1,175 @@
+"""The scheduler: owns the long-poll waiters and wakes them when work is ready."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from codeq.actors.base import Actor
+from codeq.store import keys
+
+log = structlog.get_logger("codeq.scheduler")
+
+ALL = "*"  # a waiter for every command of its tenant
+
+
+class Waiter:
+    """One claim request waiting for work on one or more queues."""
+
+    __slots__ = ("_event", "keys")
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        self.keys = keys
+        self._event = asyncio.Event()
+
+    @property
+    def woken(self) -> bool:
+        return self._event.is_set()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    async def wait(self, deadline: float) -> bool:
+        """Waits for a wake-up until the loop-time deadline; False when it passed."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return False
+        try:
+            async with asyncio.timeout(remaining):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class WaiterHandle:
+    """What a claim holds while it waits: its waiter, and a way to pass the baton."""
+
+    def __init__(self, scheduler: Scheduler, waiter: Waiter) -> None:
+        self._scheduler = scheduler
+        self._waiter = waiter
+
+    async def wait(self, deadline: float) -> bool:
+        return await self._waiter.wait(deadline)
+
+    def pass_on(self) -> None:
+        """After a successful claim more work may be ready: wake the next waiter."""
+        for key in self._waiter.keys:
+            self._scheduler.wake_one(key)
+
+
+class Scheduler(Actor):
+    """Matches claim requests to ready work.
+
+    Waiters queue per (tenant, command) in arrival order, so the oldest is woken
+    first. Work made ready in this process arrives through a bounded inbox; work made
+    ready by another daemon arrives as a store pub/sub message. One wake-up per
+    event is enough: a waiter that claims something wakes the next (`pass_on`).
+    """
+
+    name = "scheduler"
+
+    def __init__(self, redis: Redis, origin: str, inbox_size: int = 10_000) -> None:
+        super().__init__()
+        self._redis = redis
+        self._origin = origin
+        self._waiters: dict[tuple[str, str], deque[Waiter]] = {}
+        self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=inbox_size)
+        self._overflowed = False
+
+    # ------------------------------------------------------------ inputs
+
+    def became_ready(self, tag: str, command: str) -> None:
+        """Work became ready in a queue. Never blocks: on a full inbox every waiter is
+        woken instead, which loses no wake-up."""
+        try:
+            self._inbox.put_nowait((tag, command))
+        except asyncio.QueueFull:
+            self._overflowed = True
+
+    @asynccontextmanager
+    async def waiter(self, tag: str, commands: Sequence[str]) -> AsyncIterator[WaiterHandle]:
+        """Registers a waiter for the queues (all of the tenant's when empty)."""
+        keys_ = [(tag, c) for c in commands] or [(tag, ALL)]
+        waiter = Waiter(keys_)
+        for key in keys_:
+            self._waiters.setdefault(key, deque()).append(waiter)
+        try:
+            yield WaiterHandle(self, waiter)
+        finally:
+            for key in keys_:
+                queue = self._waiters.get(key)
+                if queue is not None:
+                    queue.remove(waiter)
+                    if not queue:
+                        del self._waiters[key]
+
+    def waiting(self) -> int:
+        """How many claim requests are waiting (each counted once)."""
+        return len({id(w) for q in self._waiters.values() for w in q})
+
+    # ------------------------------------------------------------ waking
+
+    def wake_one(self, key: tuple[str, str]) -> None:
+        """Wakes the oldest waiter of a queue that is not already awake."""
+        for waiter in self._waiters.get(key, ()):
+            if not waiter.woken:
+                waiter.wake()
+                return
+
+    def _ready(self, tag: str, command: str) -> None:
+        self.wake_one((tag, command))
+        self.wake_one((tag, ALL))
+
+    def wake_all(self) -> None:
+        """Wakes every waiter (shutdown, missed messages)."""
+        for queue in self._waiters.values():
+            for waiter in queue:
+                waiter.wake()
+
+    # ------------------------------------------------------------ loops
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._drain_inbox())
+            group.create_task(self._listen())
+
+    async def _drain_inbox(self) -> None:
+        while True:
+            self._ready(*await self._inbox.get())
+            while not self._inbox.empty():
+                self._ready(*self._inbox.get_nowait())
+            if self._overflowed:  # the inbox was full, so the get above did not wait
+                self._overflowed = False
+                self.wake_all()
+
+    async def _listen(self) -> None:
+        """Relays other daemons' ready events; after a reconnect, wakes everyone in
+        case a message was missed while the connection was down."""
+        delay = 0.1
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(keys.PUBSUB_READY)
+                    self.wake_all()
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        self._relay(message["data"])
+            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                log.warning("ready channel lost; resubscribing", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _relay(self, data: str) -> None:
+        origin, _, rest = data.partition("|")
+        if origin == self._origin:
+            return  # this daemon already woke its own waiters
+        tag, _, command = rest.partition("|")
+        self.became_ready(tag, command)

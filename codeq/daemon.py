@@ -1,0 +1,185 @@
+"""The daemon: wires the store, the actors and the transports, and runs them until
+a signal, in the order SPEC §1 gives for start and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+
+from codeq.actors.base import Supervisor
+from codeq.actors.mover import DelayedMover
+from codeq.actors.reaper import LeaseReaper
+from codeq.actors.scheduler import Scheduler
+from codeq.auth import Authenticator, StaticProvider
+from codeq.auth.dev import dev_claims, load_or_create_dev_token
+from codeq.config import Config
+from codeq.domain import BackoffPolicy, RetryPolicy, Unavailable
+from codeq.service import Service, ServiceSettings
+from codeq.store.embedded import EmbeddedRedis
+from codeq.store.store import Store
+from codeq.transport import Transport, TransportContext, load_transport
+
+log = structlog.get_logger("codeq.daemon")
+
+
+def retry_policy(config: Config) -> RetryPolicy:
+    return RetryPolicy(
+        policy=BackoffPolicy(config.backoff_policy),
+        base_ms=config.backoff_base_seconds * 1000,
+        max_ms=config.backoff_max_seconds * 1000,
+    )
+
+
+class Daemon:
+    """One codeq process: its store connection, actors and transports."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.origin = secrets.token_hex(6)  # tells this daemon's pub/sub messages apart
+        self.embedded: EmbeddedRedis | None = None
+        self.store: Store | None = None
+        self.supervisor: Supervisor | None = None
+        self.service: Service | None = None
+        self.transports: list[Transport] = []
+        self.addresses: list[str] = []
+        self.dev_token: str | None = None
+        self._stop = asyncio.Event()
+
+    # ------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        """Store first, then actors, then transports: nothing listens before the
+        store is connected and the scripts are loaded."""
+        config = self.config
+        redis = await self._connect_store()
+        self.store = Store(
+            redis, origin=self.origin, history_limit=config.history_limit,
+            idempotency_ttl_ms=config.idempotency_ttl_seconds * 1000,
+        )  # fmt: skip
+        await self.store.connect()
+        retry = retry_policy(config)
+        scheduler = Scheduler(redis, self.origin)
+        mover = DelayedMover(self.store, scheduler)
+        reaper = LeaseReaper(self.store, scheduler, retry)
+        self.supervisor = Supervisor([scheduler, mover, reaper])
+        self.supervisor.start()
+        self.service = Service(
+            self.store, scheduler, mover, reaper,
+            ServiceSettings(
+                default_lease_seconds=config.default_lease_seconds,
+                max_attempts_default=config.max_attempts_default,
+                retry=retry,
+            ),
+        )  # fmt: skip
+        context = TransportContext(self.service, self._authenticator(), config, self.readiness)
+        for name in config.transports:
+            transport = load_transport(name)(context)
+            self.addresses += await transport.start()
+            self.transports.append(transport)
+        log.info("codeq ready", listening=self.addresses, store=self._store_label(),
+                 dev_mode=config.dev_mode)  # fmt: skip
+
+    async def _connect_store(self) -> Redis:
+        config = self.config
+        url, password = config.redis_addr, config.redis_password
+        if not url:
+            self.embedded = EmbeddedRedis(config.state_directory(), password=password,
+                                          binary=config.redis_server_path)  # fmt: skip
+            address = await self.embedded.start()
+            url, password = address.url, address.password
+        elif "://" not in url:
+            url = f"redis://{url}"
+        return Redis.from_url(
+            url, password=password, decode_responses=True,
+            socket_timeout=config.store_timeout_seconds,
+            socket_connect_timeout=config.store_timeout_seconds,
+            max_connections=config.store_max_connections, health_check_interval=30,
+        )  # fmt: skip
+
+    def _store_label(self) -> str:
+        return "embedded" if self.embedded else "external"
+
+    def _authenticator(self) -> Authenticator:
+        config = self.config
+        if config.dev_mode:
+            self.dev_token = load_or_create_dev_token(config.state_directory())
+            tokens = {self.dev_token: dev_claims(config.worker_audience)}
+        else:
+            tokens = {t.token: dict(t.claims) for t in config.static_tokens}
+        provider = StaticProvider(tokens)
+        return Authenticator(
+            provider, provider, worker_audience=config.worker_audience,
+            allow_producer_as_worker=config.allow_producer_as_worker,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------ health
+
+    async def readiness(self) -> dict[str, Any]:
+        """Store reachable and every actor running (else degraded)."""
+        report: dict[str, Any] = {"status": "ready"}
+        try:
+            assert self.store is not None
+            await asyncio.wait_for(self.store.ping(), timeout=1.0)
+            report["store"] = "ok"
+        except (Unavailable, TimeoutError):
+            report["store"] = "unreachable"
+            report["status"] = "unavailable"
+        assert self.supervisor is not None
+        report["actors"] = self.supervisor.health()
+        if not self.supervisor.healthy() and report["status"] == "ready":
+            report["status"] = "degraded"
+        if self.service is not None and self.service.draining:
+            report["status"] = "draining"
+        return report
+
+    # ------------------------------------------------------------ run and stop
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run_until_stopped(self) -> int:
+        """Serves until SIGTERM/SIGINT (exit 0) or a fatal failure (exit 1)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        watched = [asyncio.ensure_future(self._stop.wait())]
+        assert self.supervisor is not None
+        watched.append(asyncio.ensure_future(self.supervisor.failed.wait()))
+        if self.embedded is not None:
+            watched.append(asyncio.ensure_future(self.embedded.failed.wait()))
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in watched:
+                fut.cancel()
+        code = 0 if self._stop.is_set() else 1
+        if code:
+            log.error("a component failed past its restart budget; exiting for a restart")
+        await self.stop()
+        return code
+
+    async def stop(self) -> None:
+        """Ordered shutdown: stop accepting connections, stop handing out leases, let
+        in-flight requests finish within the grace period, stop the actors, close the
+        store, stop the embedded store."""
+        log.info("shutting down", grace_seconds=self.config.shutdown_grace_seconds)
+        for transport in self.transports:
+            await transport.stop_accepting()
+        if self.service is not None:
+            self.service.draining = True
+            self.service.scheduler.wake_all()
+        for transport in self.transports:
+            await transport.drain(self.config.shutdown_grace_seconds)
+        self.transports.clear()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        if self.store is not None:
+            await self.store.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        log.info("stopped")

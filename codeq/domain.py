@@ -1,0 +1,242 @@
+"""The domain of codeq: tasks, results, queue stats and errors. Pure data, no I/O."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+MAX_PRIORITY = 9
+MAX_WAIT_SECONDS = 30
+MAX_LEASE_SECONDS = 86_400
+MAX_DELAY_SECONDS = 365 * 86_400
+
+# Commands appear inside store key names, so they keep to a safe alphabet.
+COMMAND_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Task IDs are "<tenant tag>-<random>": opaque, URL-safe, at most 64 characters.
+TASK_ID_RE = re.compile(r"^[0-9a-f]{12}-[A-Za-z0-9_-]{10,40}$")
+
+
+class Status(StrEnum):
+    """Where a task is in its lifecycle (codeQ's names, plus CANCELLED)."""
+
+    PENDING = "PENDING"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+
+class BackoffPolicy(StrEnum):
+    """How long a nacked or expired task waits before it is ready again."""
+
+    FIXED = "fixed"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+    EXP_FULL_JITTER = "exp_full_jitter"
+    EXP_EQUAL_JITTER = "exp_equal_jitter"
+
+
+# ---------------------------------------------------------------- errors
+
+
+class CodeqError(Exception):
+    """Base of the domain errors; each transport maps them to its wire form."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class Invalid(CodeqError):
+    """The request is malformed or a value is out of range."""
+
+
+class Unauthenticated(CodeqError):
+    """No credentials, or credentials that do not verify."""
+
+
+class Forbidden(CodeqError):
+    """Authenticated, but not allowed to do this."""
+
+
+class NotFound(CodeqError):
+    """No such task (or it belongs to another tenant)."""
+
+
+class Conflict(CodeqError):
+    """The task is not in a state that allows this operation."""
+
+
+class TooLarge(CodeqError):
+    """The request body is larger than the configured limit."""
+
+
+class Unavailable(CodeqError):
+    """The store cannot be reached; the client may retry."""
+
+
+# ---------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the verified claims of a bearer token, reduced to what codeq uses."""
+
+    subject: str
+    tenant: str
+    scopes: frozenset[str] = frozenset()
+    event_types: frozenset[str] = frozenset()
+    admin: bool = False
+    worker: bool = False
+    worker_group: str | None = None
+
+    def may_handle(self, command: str) -> bool:
+        """Whether this worker's eventTypes allow the command."""
+        return "*" in self.event_types or command in self.event_types
+
+
+# ---------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A producer's request to create a task, already validated."""
+
+    command: str
+    payload: str  # the producer's JSON, kept as text like codeQ
+    priority: int = 0
+    max_attempts: int | None = None
+    webhook: str | None = None
+    idempotency_key: str | None = None
+    run_at_ms: int | None = None
+    delay_seconds: float | None = None
+    trace_parent: str | None = None
+    trace_state: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """A worker's request for the next task."""
+
+    commands: tuple[str, ...] = ()
+    lease_seconds: int | None = None
+    wait_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A named output of a task, by URL."""
+
+    name: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResultSubmission:
+    """A worker's terminal report for a task."""
+
+    status: Status
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    artifacts: tuple[Artifact, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseProof:
+    """How a worker proves it holds a task's lease: its identity and, optionally, the
+    fencing token returned by its claim."""
+
+    worker_id: str
+    lease_token: str | None = None
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(slots=True)
+class Task:
+    """A task as the store holds it and the wire shows it."""
+
+    id: str
+    command: str
+    payload: str
+    priority: int
+    status: Status
+    attempts: int
+    max_attempts: int
+    tenant_id: str
+    created_at_ms: int
+    updated_at_ms: int
+    webhook: str | None = None
+    worker_id: str | None = None
+    lease_until_ms: int | None = None
+    lease_token: str | None = None
+    error: str | None = None
+    run_at_ms: int | None = None
+    idempotency_key: str | None = None
+    trace_parent: str | None = None
+    trace_state: str | None = None
+    cancel_requested: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Result:
+    """The terminal outcome a worker reported for a task."""
+
+    task_id: str
+    status: Status
+    result: dict[str, Any] | None
+    error: str | None
+    artifacts: tuple[Artifact, ...]
+    completed_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NackOutcome:
+    """What a nack did: requeued after a delay, or dead-lettered."""
+
+    dead_lettered: bool
+    delay_seconds: int
+    command: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """The backoff applied to nacked and expired tasks, in milliseconds."""
+
+    policy: BackoffPolicy = BackoffPolicy.EXP_FULL_JITTER
+    base_ms: int = 5_000
+    max_ms: int = 900_000
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One transition in a task's timeline."""
+
+    at_ms: int
+    event: str
+    detail: dict[str, Any]
+
+
+def clamp_priority(priority: int) -> int:
+    """Priorities outside 0..9 are clamped, as codeQ does."""
+    return max(0, min(MAX_PRIORITY, priority))
+
+
+def rfc3339(ms: int | None) -> str | None:
+    """Epoch milliseconds as an RFC 3339 UTC timestamp (codeQ's wire format)."""
+    if ms is None:
+        return None
+    return (
+        datetime.fromtimestamp(ms / 1000, tz=UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )

@@ -1,0 +1,224 @@
+"""The service API every transport calls: create, claim, heartbeat, nack, abandon,
+result, get. Business rules live here; the store does the state transitions."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from codeq.domain import (
+    TASK_ID_RE,
+    ClaimRequest,
+    Forbidden,
+    HistoryEntry,
+    Invalid,
+    LeaseProof,
+    NackOutcome,
+    NewTask,
+    NotFound,
+    Principal,
+    Result,
+    ResultSubmission,
+    RetryPolicy,
+    Task,
+)
+from codeq.store import keys
+
+if TYPE_CHECKING:
+    from codeq.actors.mover import DelayedMover
+    from codeq.actors.reaper import LeaseReaper
+    from codeq.actors.scheduler import Scheduler
+    from codeq.store.store import Store
+
+
+def now_ms() -> int:
+    """The daemon's clock in epoch ms; replicas are assumed NTP-synchronised."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """The parts of the configuration the service applies."""
+
+    default_lease_seconds: int = 300
+    max_attempts_default: int = 5
+    retry: RetryPolicy = RetryPolicy()
+    default_heartbeat_extend_seconds: int = 300
+
+
+class Service:
+    """The operations of codeq, independent of any transport."""
+
+    def __init__(self, store: Store, scheduler: Scheduler, mover: DelayedMover,
+                 reaper: LeaseReaper, settings: ServiceSettings) -> None:  # fmt: skip
+        self.store = store
+        self.scheduler = scheduler
+        self.mover = mover
+        self.reaper = reaper
+        self.settings = settings
+        self.draining = False
+
+    # ------------------------------------------------------------ producers
+
+    async def create(self, who: Principal, new: NewTask) -> tuple[Task, bool]:
+        """Creates a task; returns it and whether it is new (False: idempotent replay)."""
+        tag = keys.tenant_tag(who.tenant)
+        now = now_ms()
+        visible = self._visible_at(new, now)
+        await self.store.register_tenant(tag, who.tenant)
+        task, created = await self.store.create(
+            tag, keys.new_task_id(tag), new, tenant=who.tenant,
+            max_attempts=new.max_attempts or self.settings.max_attempts_default,
+            visible_at_ms=visible, now_ms=now,
+        )  # fmt: skip
+        if created:
+            if visible > now:
+                self.mover.due_at(visible)
+            else:
+                self.scheduler.became_ready(tag, new.command)
+        return task, created
+
+    @staticmethod
+    def _visible_at(new: NewTask, now: int) -> int:
+        """When the task becomes claimable: runAt wins over delaySeconds; 0 means now."""
+        if new.run_at_ms is not None:
+            return new.run_at_ms if new.run_at_ms > now else 0
+        if new.delay_seconds:
+            return now + int(new.delay_seconds * 1000)
+        return 0
+
+    async def get_task(self, who: Principal, task_id: str) -> Task:
+        task = await self.store.get_task(self._tag_for(who, task_id), task_id)
+        if task is None:
+            raise NotFound("task not found")
+        return task
+
+    async def get_result(self, who: Principal, task_id: str) -> tuple[Task, Result | None]:
+        task, result = await self.store.get_result(self._tag_for(who, task_id), task_id)
+        if task is None:
+            raise NotFound("task not found")
+        return task, result
+
+    async def history(self, who: Principal, task_id: str) -> list[HistoryEntry]:
+        tag = self._tag_for(who, task_id)
+        if await self.store.get_task(tag, task_id) is None:
+            raise NotFound("task not found")
+        return await self.store.history(tag, task_id)
+
+    # ------------------------------------------------------------ workers
+
+    async def claim(self, who: Principal, req: ClaimRequest) -> Task | None:
+        """Leases the next task, long-polling up to waitSeconds; None when none came."""
+        tasks = await self.claim_many(who, req, count=1)
+        return tasks[0] if tasks else None
+
+    async def claim_many(self, who: Principal, req: ClaimRequest, count: int) -> list[Task]:
+        """Leases up to `count` tasks, long-polling until at least one is ready."""
+        _require_scope(who, "codeq:claim")
+        commands = self._claimable(who, req.commands)
+        tag = keys.tenant_tag(who.tenant)
+        lease_ms = (req.lease_seconds or self.settings.default_lease_seconds) * 1000
+        if self.draining:
+            return []
+        tasks = await self._claim_now(tag, commands, who, lease_ms, count)
+        if tasks or req.wait_seconds <= 0:
+            return tasks
+        deadline = asyncio.get_running_loop().time() + req.wait_seconds
+        async with self.scheduler.waiter(tag, commands) as waiter:
+            while not self.draining:
+                tasks = await self._claim_now(tag, commands, who, lease_ms, count)
+                if tasks:
+                    waiter.pass_on()
+                    return tasks
+                if not await waiter.wait(deadline):
+                    break
+        return []
+
+    async def _claim_now(self, tag: str, commands: Sequence[str], who: Principal,
+                         lease_ms: int, count: int) -> list[Task]:  # fmt: skip
+        now = now_ms()
+        tasks = await self.store.claim(
+            tag, commands, worker_id=who.subject, lease_ms=lease_ms,
+            token=secrets.token_urlsafe(12), count=count, now_ms=now,
+        )  # fmt: skip
+        if tasks:
+            self.reaper.lease_ends_at(now + lease_ms)
+        return tasks
+
+    @staticmethod
+    def _claimable(who: Principal, requested: Sequence[str]) -> tuple[str, ...]:
+        """The commands a claim covers; () means every command of the tenant."""
+        for command in requested:
+            if not who.may_handle(command):
+                raise Forbidden(f"command {command!r} is not in the token's eventTypes")
+        if requested:
+            return tuple(dict.fromkeys(requested))
+        if "*" in who.event_types:
+            return ()
+        if not who.event_types:
+            raise Forbidden("the token allows no eventTypes")
+        return tuple(sorted(who.event_types))
+
+    async def heartbeat(self, who: Principal, task_id: str, proof: LeaseProof,
+                        extend_seconds: int | None) -> int:  # fmt: skip
+        _require_scope(who, "codeq:heartbeat")
+        extend_ms = (extend_seconds or self.settings.default_heartbeat_extend_seconds) * 1000
+        now = now_ms()
+        until = await self.store.heartbeat(
+            self._tag_for(who, task_id), task_id, proof, extend_ms=extend_ms, now_ms=now
+        )
+        self.reaper.lease_ends_at(until)
+        return until
+
+    async def nack(self, who: Principal, task_id: str, proof: LeaseProof,
+                   delay_seconds: int | None, reason: str) -> NackOutcome:  # fmt: skip
+        _require_scope(who, "codeq:nack")
+        tag = self._tag_for(who, task_id)
+        now = now_ms()
+        outcome = await self.store.nack(
+            tag, task_id, proof, delay_ms=None if delay_seconds is None else delay_seconds * 1000,
+            retry=self.settings.retry, reason=reason, now_ms=now,
+        )  # fmt: skip
+        if not outcome.dead_lettered:
+            if outcome.delay_seconds > 0:
+                self.mover.due_at(now + outcome.delay_seconds * 1000)
+            else:
+                self.scheduler.became_ready(tag, outcome.command)
+        return outcome
+
+    async def abandon(self, who: Principal, task_id: str, proof: LeaseProof) -> None:
+        _require_scope(who, "codeq:abandon")
+        tag = self._tag_for(who, task_id)
+        command = await self.store.abandon(tag, task_id, proof, now_ms=now_ms())
+        self.scheduler.became_ready(tag, command)
+
+    async def submit_result(self, who: Principal, task_id: str, proof: LeaseProof,
+                            submission: ResultSubmission) -> Result:  # fmt: skip
+        _require_scope(who, "codeq:result")
+        return await self.store.submit_result(
+            self._tag_for(who, task_id), task_id, proof, submission, now_ms=now_ms()
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _tag_for(who: Principal, task_id: str) -> str:
+        """The caller's tenant tag, if the task ID routes there; another tenant's
+        task is simply not found, so its existence does not leak."""
+        if not TASK_ID_RE.match(task_id):
+            raise Invalid("invalid task id", field="id")
+        tag = keys.tenant_tag(who.tenant)
+        if keys.tag_of(task_id) != tag:
+            raise NotFound("task not found")
+        return tag
+
+
+def _require_scope(who: Principal, scope: str) -> None:
+    if not who.worker:
+        raise Forbidden("a worker token is required")
+    if scope not in who.scopes:
+        raise Forbidden(f"the token lacks the {scope!r} scope", scope=scope)

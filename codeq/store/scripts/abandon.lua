@@ -1,0 +1,16 @@
+-- abandon: the worker gives a task back untouched; it is next in line at once.
+-- Attempts are not refunded.
+-- KEYS[1] tenant prefix
+-- ARGV  1 id  2 now ms  3 worker id  4 lease token  5 history limit  6 origin
+-- Returns {'requeued', command} | {error code}.
+local id, now = ARGV[1], tonumber(ARGV[2])
+local key = k_task(id)
+local err = check_lease(key, ARGV[3], ARGV[4])
+if err then return {err} end
+local f = redis.call('HMGET', key, 'command', 'priority')
+redis.call('ZREM', k_inprog(f[1]), id)
+redis.call('HSET', key, 'status', 'PENDING', 'workerId', '', 'leaseUntil', '', 'leaseToken', '',
+  'updatedAt', now)
+push_ready(id, f[1], tonumber(f[2]), true, ARGV[6])
+history(id, now, 'abandoned', {worker = ARGV[3]}, tonumber(ARGV[5]))
+return {'requeued', f[1]}

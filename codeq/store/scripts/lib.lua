@@ -1,0 +1,101 @@
+-- lib.lua: helpers shared by every script; scripts.py prepends it to each one.
+-- KEYS[1] is always the tenant's key prefix "cq:{tag}:" (the routing key).
+-- Every other key name is built here, mirroring codeq/store/keys.py.
+local P = KEYS[1]
+local function k_task(id) return P .. 't:' .. id end
+local function k_result(id) return P .. 'res:' .. id end
+local function k_hist(id) return P .. 'h:' .. id end
+local function k_ready(cmd, tier) return P .. 'q:' .. cmd .. ':' .. tier end
+local function k_inprog(cmd) return P .. 'ip:' .. cmd end
+local function k_delayed(cmd) return P .. 'dl:' .. cmd end
+local function k_dlq(cmd) return P .. 'dlq:' .. cmd end
+local K_CMDS = P .. 'cmds'
+local K_PAUSED = P .. 'paused'
+local K_RET = P .. 'ret'
+local READY_CHANNEL = 'cq:ready'
+local TAG = string.sub(P, 5, -3)
+
+-- Appends one entry to a task's timeline, keeping the newest `limit` entries.
+local function history(id, now, event, detail, limit)
+  detail = detail or {}
+  detail['at'] = now
+  detail['event'] = event
+  local key = k_hist(id)
+  redis.call('RPUSH', key, cjson.encode(detail))
+  redis.call('LTRIM', key, -limit, -1)
+end
+
+-- Makes a task ready in its tier. `front` puts it next in line (abandon).
+-- Publishes a wake-up when the tier goes from empty to non-empty, so waiters
+-- on other daemons learn of it; local waiters are woken by the caller.
+local function push_ready(id, cmd, tier, front, origin)
+  local key = k_ready(cmd, tier)
+  local n
+  if front then n = redis.call('RPUSH', key, id) else n = redis.call('LPUSH', key, id) end
+  if n == 1 then redis.call('PUBLISH', READY_CHANNEL, origin .. '|' .. TAG .. '|' .. cmd) end
+end
+
+-- Checks that the caller holds the lease of an IN_PROGRESS task.
+-- Returns nil when it does, else an error code for the service to map.
+local function check_lease(key, worker, token)
+  local f = redis.call('HMGET', key, 'status', 'workerId', 'leaseToken')
+  if not f[1] then return 'not_found' end
+  if f[1] ~= 'IN_PROGRESS' then return 'not_in_progress:' .. f[1] end
+  if token ~= '' then
+    if f[3] ~= token then return 'stale_token' end
+  elseif f[2] ~= worker then
+    return 'not_owner'
+  end
+  return nil
+end
+
+-- Retry delay in ms for the attempt just failed, as codeQ documents its policies.
+-- `r` is a uniform random number in [0, 1) supplied by the caller.
+local function backoff(policy, base, max, attempts, r)
+  local d
+  if policy == 'fixed' then
+    d = base
+  elseif policy == 'linear' then
+    d = base * attempts
+  else
+    d = base * (2 ^ attempts)
+    if d > max then d = max end
+    if policy == 'exp_full_jitter' then
+      d = d * r
+    elseif policy == 'exp_equal_jitter' then
+      d = d / 2 + (d / 2) * r
+    end
+  end
+  if d > max then d = max end
+  return math.floor(d)
+end
+
+-- Terminal failure after too many attempts: FAILED, MAX_ATTEMPTS, in the DLQ.
+local function dead_letter(id, key, cmd, now, reason, limit)
+  redis.call('HSET', key, 'status', 'FAILED', 'error', 'MAX_ATTEMPTS', 'updatedAt', now,
+    'leaseUntil', '', 'leaseToken', '')
+  redis.call('ZADD', k_dlq(cmd), now, id)
+  redis.call('ZADD', K_RET, now, id)
+  history(id, now, 'dead_lettered', {reason = reason}, limit)
+end
+
+-- Puts a failed attempt back in line after `delay` ms, or dead-letters it.
+-- Returns -1 when dead-lettered, else the delay applied.
+local function retry_or_dead_letter(id, key, cmd, now, delay, reason, limit, origin)
+  local f = redis.call('HMGET', key, 'attempts', 'maxAttempts', 'priority')
+  redis.call('ZREM', k_inprog(cmd), id)
+  if tonumber(f[1]) >= tonumber(f[2]) then
+    dead_letter(id, key, cmd, now, reason, limit)
+    return -1
+  end
+  redis.call('HSET', key, 'status', 'PENDING', 'workerId', '', 'leaseUntil', '',
+    'leaseToken', '', 'updatedAt', now, 'retryReason', reason)
+  if delay > 0 then
+    redis.call('ZADD', k_delayed(cmd), now + delay, id)
+    redis.call('HSET', key, 'runAt', now + delay)
+  else
+    push_ready(id, cmd, tonumber(f[3]), false, origin)
+  end
+  history(id, now, 'retry_scheduled', {reason = reason, delayMs = delay}, limit)
+  return delay
+end

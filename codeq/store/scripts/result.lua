@@ -1,0 +1,18 @@
+-- result: records a task's terminal outcome, exactly once.
+-- KEYS[1] tenant prefix
+-- ARGV  1 id  2 now ms  3 worker id  4 lease token  5 status (COMPLETED|FAILED)
+--       6 result JSON  7 error  8 history limit
+-- Returns {'ok'} | {error code}.
+local id, now, status = ARGV[1], tonumber(ARGV[2]), ARGV[5]
+local key = k_task(id)
+local err = check_lease(key, ARGV[3], ARGV[4])
+if err then return {err} end
+if redis.call('HGET', key, 'cancelRequested') == '1' then return {'cancelled'} end
+local cmd = redis.call('HGET', key, 'command')
+redis.call('ZREM', k_inprog(cmd), id)
+redis.call('HSET', key, 'status', status, 'error', ARGV[7], 'leaseUntil', '', 'leaseToken', '',
+  'updatedAt', now, 'completedAt', now)
+redis.call('SET', k_result(id), ARGV[6])
+redis.call('ZADD', K_RET, now, id)
+history(id, now, string.lower(status), {worker = ARGV[3], error = ARGV[7]}, tonumber(ARGV[8]))
+return {'ok'}

@@ -1,0 +1,307 @@
+"""Typed access to the store: every state transition is one script call."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from redis import exceptions as rx
+from redis.asyncio import Redis
+
+from codeq.domain import (
+    Artifact,
+    Conflict,
+    Forbidden,
+    HistoryEntry,
+    LeaseProof,
+    NackOutcome,
+    NewTask,
+    NotFound,
+    Result,
+    ResultSubmission,
+    RetryPolicy,
+    Status,
+    Task,
+    Unavailable,
+)
+from codeq.store import keys
+from codeq.store.scripts import Scripts
+
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError)
+
+_TASK_FIELDS = {
+    "id", "command", "payload", "priority", "status", "attempts", "maxAttempts", "tenantId",
+    "createdAt", "updatedAt", "webhook", "workerId", "leaseUntil", "leaseToken", "error",
+    "runAt", "idempotencyKey", "traceParent", "traceState", "cancelRequested",
+}  # fmt: skip
+
+
+def _lease_error(code: str) -> Exception:
+    """The domain error for a lease check that failed inside a script."""
+    if code == "not_found":
+        return NotFound("task not found")
+    if code == "not_owner":
+        return Forbidden("task is leased to another worker")
+    if code == "stale_token":
+        return Conflict("lease token is stale: the task was claimed again since")
+    if code == "cancelled":
+        return Conflict("task was cancelled")
+    if code.startswith("not_in_progress:"):
+        status = code.partition(":")[2]
+        return Conflict(f"task is {status}, not IN_PROGRESS", status=status)
+    return RuntimeError(f"unexpected script reply {code!r}")
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value else None
+
+
+def task_from_fields(fields: dict[str, str]) -> Task:
+    """A Task from its stored hash fields."""
+    return Task(
+        id=fields["id"],
+        command=fields["command"],
+        payload=fields.get("payload") or "{}",
+        priority=int(fields.get("priority") or 0),
+        status=Status(fields["status"]),
+        attempts=int(fields.get("attempts") or 0),
+        max_attempts=int(fields.get("maxAttempts") or 0),
+        tenant_id=fields.get("tenantId", ""),
+        created_at_ms=int(fields["createdAt"]),
+        updated_at_ms=int(fields["updatedAt"]),
+        webhook=fields.get("webhook") or None,
+        worker_id=fields.get("workerId") or None,
+        lease_until_ms=_int(fields.get("leaseUntil")),
+        lease_token=fields.get("leaseToken") or None,
+        error=fields.get("error") or None,
+        run_at_ms=_int(fields.get("runAt")),
+        idempotency_key=fields.get("idempotencyKey") or None,
+        trace_parent=fields.get("traceParent") or None,
+        trace_state=fields.get("traceState") or None,
+        cancel_requested=fields.get("cancelRequested") == "1",
+        extra={k: v for k, v in fields.items() if k not in _TASK_FIELDS},
+    )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+@asynccontextmanager
+async def _reachable() -> AsyncIterator[None]:
+    """Turns the store being down into the domain's Unavailable (a 503, never a 500)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise Unavailable(f"store unavailable: {exc}") from exc
+
+
+class Store:
+    """The only code that speaks to the store. Methods take the tenant tag and return
+    domain objects; lease failures come back as domain errors."""
+
+    def __init__(self, redis: Redis, *, origin: str, history_limit: int = 32,
+                 idempotency_ttl_ms: int = 86_400_000) -> None:  # fmt: skip
+        self.redis = redis
+        self.origin = origin
+        self._history_limit = history_limit
+        self._idempotency_ttl_ms = idempotency_ttl_ms
+        self._scripts = Scripts(redis)
+        self._known_tenants: set[str] = set()
+
+    async def connect(self) -> None:
+        """Checks the store answers and loads the scripts."""
+        async with _reachable():
+            await self.redis.ping()
+            await self._scripts.load(self.redis)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        async with _reachable():
+            return bool(await self.redis.ping())
+
+    async def _call(self, name: str, tag: str, *args: Any) -> Any:
+        async with _reachable():
+            return await self._scripts(name, keys.prefix(tag), *args)
+
+    # ------------------------------------------------------------ tenants
+
+    async def register_tenant(self, tag: str, tenant: str) -> None:
+        """Makes a tenant discoverable by the actors that sweep every tenant.
+
+        Runs before the tenant's first write (idempotent), so no task can exist in a
+        tenant the delayed mover and lease reaper do not know about.
+        """
+        if tag in self._known_tenants:
+            return
+        async with _reachable(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(keys.TENANTS, tag)
+            pipe.hset(keys.meta(tag), "tenant", tenant)
+            await pipe.execute()
+        self._known_tenants.add(tag)
+
+    async def tenants(self) -> list[str]:
+        async with _reachable():
+            return sorted(await self.redis.smembers(keys.TENANTS))
+
+    # ------------------------------------------------------------ transitions
+
+    async def create(self, tag: str, task_id: str, new: NewTask, *, tenant: str,
+                     max_attempts: int, visible_at_ms: int, now_ms: int) -> tuple[Task, bool]:  # fmt: skip
+        """Stores a task, ready or delayed. Returns the task and whether it is new
+        (False: the idempotency key named an existing task, which is returned)."""
+        digest = keys.idempotency_digest(new.idempotency_key) if new.idempotency_key else ""
+        reply = await self._call(
+            "create", tag, task_id, new.command, new.payload, new.priority, max_attempts,
+            new.webhook or "", digest, self._idempotency_ttl_ms, now_ms, visible_at_ms,
+            self._history_limit, self.origin, new.trace_parent or "", new.trace_state or "",
+            tenant, new.idempotency_key or "",
+        )  # fmt: skip
+        if reply[0] == "existing":
+            return task_from_fields(_pairs(reply[2])), False
+        return Task(
+            id=task_id, command=new.command, payload=new.payload, priority=new.priority,
+            status=Status.PENDING, attempts=0, max_attempts=max_attempts, tenant_id=tenant,
+            created_at_ms=now_ms, updated_at_ms=now_ms, webhook=new.webhook,
+            run_at_ms=visible_at_ms if visible_at_ms > now_ms else None,
+            idempotency_key=new.idempotency_key, trace_parent=new.trace_parent,
+            trace_state=new.trace_state,
+        ), True  # fmt: skip
+
+    async def claim(self, tag: str, commands: Iterable[str], *, worker_id: str, lease_ms: int,
+                    token: str, count: int, now_ms: int) -> list[Task]:  # fmt: skip
+        """Leases up to `count` ready tasks; highest tier first, oldest first."""
+        reply = await self._call(
+            "claim",
+            tag,
+            now_ms,
+            lease_ms,
+            worker_id,
+            token,
+            self._history_limit,
+            count,
+            *commands,
+        )
+        return [task_from_fields(_pairs(flat)) for flat in reply]
+
+    async def heartbeat(self, tag: str, task_id: str, proof: LeaseProof, *, extend_ms: int,
+                        now_ms: int) -> int:  # fmt: skip
+        """Extends a lease; returns the new lease end (ms)."""
+        reply = await self._call(
+            "heartbeat", tag, task_id, now_ms, extend_ms, proof.worker_id, proof.lease_token or ""
+        )
+        if reply[0] != "ok":
+            raise _lease_error(reply[0])
+        return int(reply[1])
+
+    async def nack(self, tag: str, task_id: str, proof: LeaseProof, *, delay_ms: int | None,
+                   retry: RetryPolicy, reason: str, now_ms: int) -> NackOutcome:  # fmt: skip
+        """Gives a task back as failed: retried after a delay or dead-lettered."""
+        reply = await self._call(
+            "nack", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
+            -1 if delay_ms is None else delay_ms, retry.policy.value, retry.base_ms,
+            retry.max_ms, random.random(), reason, self._history_limit, self.origin,
+        )  # fmt: skip
+        if reply[0] == "dead_lettered":
+            return NackOutcome(dead_lettered=True, delay_seconds=0)
+        if reply[0] != "requeued":
+            raise _lease_error(reply[0])
+        return NackOutcome(
+            dead_lettered=False, delay_seconds=round(int(reply[1]) / 1000), command=reply[2]
+        )
+
+    async def abandon(self, tag: str, task_id: str, proof: LeaseProof, *, now_ms: int) -> str:
+        """Gives a task back untouched, next in line; returns its command."""
+        reply = await self._call(
+            "abandon", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
+            self._history_limit, self.origin,
+        )  # fmt: skip
+        if reply[0] != "requeued":
+            raise _lease_error(reply[0])
+        return str(reply[1])
+
+    async def submit_result(self, tag: str, task_id: str, proof: LeaseProof,
+                            submission: ResultSubmission, *, now_ms: int) -> Result:  # fmt: skip
+        """Records a task's terminal outcome, exactly once."""
+        result = Result(
+            task_id=task_id, status=submission.status, result=submission.result,
+            error=submission.error, artifacts=submission.artifacts, completed_at_ms=now_ms,
+        )  # fmt: skip
+        reply = await self._call(
+            "result", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
+            submission.status.value, orjson.dumps(result_record(result)), submission.error or "",
+            self._history_limit,
+        )  # fmt: skip
+        if reply[0] != "ok":
+            raise _lease_error(reply[0])
+        return result
+
+    async def reap(self, tag: str, *, now_ms: int, batch: int,
+                   retry: RetryPolicy) -> tuple[list[str], int | None]:  # fmt: skip
+        """Retries or dead-letters expired leases; returns the commands of the tasks
+        it requeued and the next lease expiry (ms) in the tenant."""
+        reply = await self._call(
+            "reap", tag, now_ms, batch, retry.policy.value, retry.base_ms, retry.max_ms,
+            random.random(), self._history_limit, self.origin,
+        )  # fmt: skip
+        return list(reply[2:]), (int(reply[1]) if int(reply[1]) >= 0 else None)
+
+    async def move_due(self, tag: str, *, now_ms: int, batch: int) -> tuple[list[str], int | None]:
+        """Makes due delayed tasks ready; returns their commands and the next due time."""
+        reply = await self._call("move_due", tag, now_ms, batch, self.origin)
+        return list(reply[2:]), (int(reply[1]) if int(reply[1]) >= 0 else None)
+
+    # ------------------------------------------------------------ reads
+
+    async def get_task(self, tag: str, task_id: str) -> Task | None:
+        async with _reachable():
+            fields = await self.redis.hgetall(keys.task(tag, task_id))
+        return task_from_fields(fields) if fields else None
+
+    async def get_result(self, tag: str, task_id: str) -> tuple[Task | None, Result | None]:
+        """A task and its result, read together in one round trip."""
+        async with _reachable(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.task(tag, task_id))
+            pipe.get(keys.result(tag, task_id))
+            fields, raw = await pipe.execute()
+        task = task_from_fields(fields) if fields else None
+        return task, (result_from_record(orjson.loads(raw)) if raw and task else None)
+
+    async def history(self, tag: str, task_id: str) -> list[HistoryEntry]:
+        async with _reachable():
+            raw = await self.redis.lrange(keys.history(tag, task_id), 0, -1)
+        entries = []
+        for item in raw:
+            detail = orjson.loads(item)
+            at, event = detail.pop("at"), detail.pop("event")
+            entries.append(HistoryEntry(at_ms=int(at), event=event, detail=detail))
+        return entries
+
+
+def result_record(result: Result) -> dict[str, Any]:
+    """A result as stored (and as codeQ shows it on the wire, minus timestamps' format)."""
+    return {
+        "taskId": result.task_id,
+        "status": result.status.value,
+        "result": result.result,
+        "error": result.error,
+        "artifacts": [{"name": a.name, "url": a.url} for a in result.artifacts],
+        "completedAt": result.completed_at_ms,
+    }
+
+
+def result_from_record(record: dict[str, Any]) -> Result:
+    return Result(
+        task_id=record["taskId"],
+        status=Status(record["status"]),
+        result=record.get("result"),
+        error=record.get("error"),
+        artifacts=tuple(Artifact(a["name"], a["url"]) for a in record.get("artifacts") or ()),
+        completed_at_ms=int(record["completedAt"]),
+    )

@@ -1,0 +1,278 @@
+"""codeQ's JSON wire format: request bodies parsed into domain requests, domain
+objects encoded as responses. Shared by every transport, so HTTP and streams
+validate identically. Errors name the field and the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from codeq.domain import (
+    COMMAND_RE,
+    MAX_DELAY_SECONDS,
+    MAX_LEASE_SECONDS,
+    MAX_WAIT_SECONDS,
+    Artifact,
+    ClaimRequest,
+    HistoryEntry,
+    Invalid,
+    NackOutcome,
+    NewTask,
+    Result,
+    ResultSubmission,
+    Status,
+    Task,
+    clamp_priority,
+    rfc3339,
+)
+
+Body = Mapping[str, Any]
+
+CREATE_FIELDS = frozenset(
+    {"command", "payload", "priority", "maxAttempts", "webhook", "idempotencyKey", "runAt",
+     "delaySeconds", "traceParent", "traceState"}
+)  # fmt: skip
+CLAIM_FIELDS = frozenset({"commands", "leaseSeconds", "waitSeconds"})
+HEARTBEAT_FIELDS = frozenset({"extendSeconds", "leaseToken"})
+NACK_FIELDS = frozenset({"delaySeconds", "reason", "leaseToken"})
+ABANDON_FIELDS = frozenset({"leaseToken"})
+RESULT_FIELDS = frozenset({"status", "result", "error", "artifacts", "leaseToken"})
+MAX_TEXT = 4096
+
+
+def unknown_fields(body: Body, known: frozenset[str]) -> list[str]:
+    """Fields codeq ignores (as codeQ does) but names back, so typos are noticed."""
+    return sorted(k for k in body if k not in known)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body: empty means {}, anything but a JSON object is rejected."""
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Invalid(f"malformed JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise Invalid("request body must be a JSON object")
+    return body
+
+
+# ------------------------------------------------------------ field readers
+
+
+def _int(body: Body, name: str, lo: int, hi: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise Invalid(f"{name} must be an integer", field=name)
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    return int(value)
+
+
+def _number(body: Body, name: str, lo: float, hi: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"{name} must be a number", field=name)
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    return float(value)
+
+
+def _text(body: Body, name: str, *, max_len: int = MAX_TEXT, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise Invalid(f"{name} is required", field=name)
+        return None
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a string", field=name)
+    if len(value) > max_len:
+        raise Invalid(f"{name} must be at most {max_len} characters", field=name)
+    return value
+
+
+def _url(body: Body, name: str) -> str | None:
+    url = _text(body, name, max_len=2048)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid(f"{name} must be an http or https URL", field=name)
+    return url
+
+
+def _time_ms(body: Body, name: str) -> int | None:
+    value = _text(body, name, max_len=64)
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise Invalid(f"{name} must be an RFC 3339 timestamp, got {value!r}", field=name) from exc
+    if at.tzinfo is None:
+        raise Invalid(f"{name} must include a time zone offset (e.g. Z)", field=name)
+    return int(at.timestamp() * 1000)
+
+
+# ------------------------------------------------------------ requests
+
+
+def parse_create(body: Body) -> NewTask:
+    command = _text(body, "command", max_len=128, required=True)
+    assert command is not None
+    if not COMMAND_RE.match(command):
+        raise Invalid("command may only contain letters, digits and _ . : -", field="command")
+    payload = body.get("payload", {})
+    if not isinstance(payload, dict):
+        raise Invalid("payload must be a JSON object", field="payload")
+    priority = _int(body, "priority", -(2**31), 2**31 - 1)
+    delay = _number(body, "delaySeconds", 0, MAX_DELAY_SECONDS)
+    return NewTask(
+        command=command,
+        payload=orjson.dumps(payload).decode(),
+        priority=clamp_priority(priority or 0),
+        max_attempts=_int(body, "maxAttempts", 1, 1000),
+        webhook=_url(body, "webhook"),
+        idempotency_key=_text(body, "idempotencyKey", max_len=256),
+        run_at_ms=_time_ms(body, "runAt"),
+        delay_seconds=delay,
+        trace_parent=_text(body, "traceParent", max_len=256),
+        trace_state=_text(body, "traceState", max_len=512),
+    )
+
+
+def parse_claim(body: Body) -> ClaimRequest:
+    commands = body.get("commands", [])
+    if commands is None:
+        commands = []
+    if not isinstance(commands, list) or not all(isinstance(c, str) and c for c in commands):
+        raise Invalid("commands must be a list of command names", field="commands")
+    if len(commands) > 100:
+        raise Invalid("commands may name at most 100 commands", field="commands")
+    for command in commands:
+        if not COMMAND_RE.match(command):
+            raise Invalid(f"invalid command name {command!r}", field="commands")
+    return ClaimRequest(
+        commands=tuple(commands),
+        lease_seconds=_int(body, "leaseSeconds", 1, MAX_LEASE_SECONDS),
+        wait_seconds=_number(body, "waitSeconds", 0, MAX_WAIT_SECONDS) or 0.0,
+    )
+
+
+def parse_lease_token(body: Body, header: str | None) -> str | None:
+    """The fencing token, from the X-Lease-Token header or the body."""
+    return header or _text(body, "leaseToken", max_len=128)
+
+
+def parse_extend_seconds(body: Body) -> int | None:
+    return _int(body, "extendSeconds", 1, MAX_LEASE_SECONDS)
+
+
+def parse_nack(body: Body) -> tuple[int | None, str]:
+    """The delay override (seconds) and the reason of a nack."""
+    delay = _int(body, "delaySeconds", 0, MAX_DELAY_SECONDS)
+    return delay, _text(body, "reason", max_len=1024) or ""
+
+
+def parse_result(body: Body) -> ResultSubmission:
+    raw_status = body.get("status")
+    if raw_status not in ("COMPLETED", "FAILED"):
+        raise Invalid("status must be COMPLETED or FAILED", field="status")
+    status = Status(raw_status)
+    result = body.get("result")
+    if result is not None and not isinstance(result, dict):
+        raise Invalid("result must be a JSON object", field="result")
+    error = _text(body, "error", max_len=MAX_TEXT)
+    if status is Status.COMPLETED and result is None:
+        raise Invalid("result is required when status is COMPLETED", field="result")
+    if status is Status.FAILED and error is None:
+        raise Invalid("error is required when status is FAILED", field="error")
+    return ResultSubmission(status, result, error, _artifacts(body.get("artifacts")))
+
+
+def _artifacts(raw: Any) -> tuple[Artifact, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 100:
+        raise Invalid("artifacts must be a list of at most 100 items", field="artifacts")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise Invalid("each artifact must be an object with name and url", field="artifacts")
+        if "contentBase64" in item:
+            raise Invalid(
+                "inline artifacts (contentBase64) are not supported: upload the content and "
+                "pass its url",
+                field="artifacts",
+            )
+        name = _text(item, "name", max_len=256, required=True)
+        url = _url(item, "url")
+        if url is None:
+            raise Invalid("each artifact needs a url", field="artifacts")
+        assert name is not None
+        out.append(Artifact(name=name, url=url))
+    return tuple(out)
+
+
+# ------------------------------------------------------------ responses
+
+
+def task_to_wire(task: Task, *, with_lease_token: bool = False) -> dict[str, Any]:
+    """A task in codeQ's JSON shape; empty fields are omitted as codeQ's omitempty does.
+    The lease token is shown only to the worker that claimed the task."""
+    wire: dict[str, Any] = {
+        "id": task.id,
+        "command": task.command,
+        "payload": task.payload,
+        "priority": task.priority,
+        "status": task.status.value,
+        "attempts": task.attempts,
+        "maxAttempts": task.max_attempts,
+        "tenantId": task.tenant_id,
+        "createdAt": rfc3339(task.created_at_ms),
+        "updatedAt": rfc3339(task.updated_at_ms),
+    }
+    optional = {
+        "webhook": task.webhook,
+        "workerId": task.worker_id,
+        "leaseUntil": rfc3339(task.lease_until_ms),
+        "error": task.error,
+        "runAt": rfc3339(task.run_at_ms),
+        "idempotencyKey": task.idempotency_key,
+        "traceParent": task.trace_parent,
+        "traceState": task.trace_state,
+        "retryReason": task.extra.get("retryReason"),
+    }
+    if with_lease_token:
+        optional["leaseToken"] = task.lease_token
+    wire.update((k, v) for k, v in optional.items() if v is not None)
+    return wire
+
+
+def result_to_wire(result: Result) -> dict[str, Any]:
+    return {
+        "taskId": result.task_id,
+        "status": result.status.value,
+        "result": result.result,
+        "error": result.error,
+        "artifacts": [{"name": a.name, "url": a.url} for a in result.artifacts],
+        "completedAt": rfc3339(result.completed_at_ms),
+    }
+
+
+def nack_to_wire(outcome: NackOutcome) -> dict[str, Any]:
+    if outcome.dead_lettered:
+        return {"status": "dead_lettered", "error": "MAX_ATTEMPTS"}
+    return {"status": "requeued", "delaySeconds": outcome.delay_seconds}
+
+
+def history_to_wire(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
+    return [{"at": rfc3339(e.at_ms), "event": e.event, **e.detail} for e in entries]

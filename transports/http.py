@@ -1,0 +1,286 @@
+"""The HTTP transport (aiohttp): codeQ's v1 API. It parses, authenticates, calls the
+service and encodes; no business rule and no store call lives here."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from codeq import wire
+from codeq.domain import (
+    CodeqError,
+    Conflict,
+    Forbidden,
+    Invalid,
+    LeaseProof,
+    NewTask,
+    NotFound,
+    Principal,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+    rfc3339,
+)
+from codeq.transport import TransportContext
+
+log = structlog.get_logger("codeq.http")
+
+PREFIX = "/v1/codeq"
+CTX = web.AppKey("codeq.context", TransportContext)
+
+_STATUS: dict[type[CodeqError], int] = {
+    Invalid: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    Unavailable: 503,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+@web.middleware
+async def errors_and_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Echoes or generates X-Request-Id and maps domain errors to codeQ's status codes
+    with an {"error": ...} body. Unexpected errors are logged and answered as 500
+    without a traceback."""
+    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await handler(request)
+    except CodeqError as exc:
+        response = json_response({"error": exc.message, **exc.extra}, _STATUS[type(exc)])
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[CTX].config.max_body_bytes
+        response = json_response({"error": f"request body exceeds {limit} bytes"}, 413)
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            response = json_response({"error": exc.reason}, exc.status)
+        else:
+            raise
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        response = json_response({"error": "internal error"}, 500)
+    finally:
+        structlog.contextvars.unbind_contextvars("request_id")
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
+    """The JSON body; unknown fields are ignored, as codeQ does, but named back in
+    an X-CodeQ-Warning header so a typo does not pass unnoticed."""
+    body = wire.parse_json_object(await request.read())
+    unknown = wire.unknown_fields(body, known)
+    if unknown:
+        request["warning"] = "unknown fields ignored: " + ", ".join(unknown)
+    return body
+
+
+def _respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
+    warning = request.get("warning")
+    return json_response(body, status, {"X-CodeQ-Warning": warning} if warning else None)
+
+
+def _proof(request: web.Request, who: Principal, body: dict[str, Any]) -> LeaseProof:
+    token = wire.parse_lease_token(body, request.headers.get("X-Lease-Token"))
+    return LeaseProof(worker_id=who.subject, lease_token=token)
+
+
+# ------------------------------------------------------------ handlers
+
+
+async def create_task(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.producer(_bearer(request))
+    body = await _body(request, wire.CREATE_FIELDS)
+    new = wire.parse_create(body)
+    if new.trace_parent is None and "traceparent" in request.headers:
+        new = _with_trace(new, request)
+    task, _ = await ctx.service.create(who, new)
+    return _respond(request, wire.task_to_wire(task), 202)
+
+
+def _with_trace(new: NewTask, request: web.Request) -> NewTask:
+    """The W3C trace context of the request, when the body carries none."""
+    return replace(
+        new,
+        trace_parent=request.headers.get("traceparent"),
+        trace_state=request.headers.get("tracestate"),
+    )
+
+
+async def claim_task(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS))
+    task = await ctx.service.claim(who, req)
+    if task is None:
+        response = web.Response(status=204)
+        if request.get("warning"):
+            response.headers["X-CodeQ-Warning"] = request["warning"]
+        return response
+    return _respond(request, wire.task_to_wire(task, with_lease_token=True))
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    body = await _body(request, wire.HEARTBEAT_FIELDS)
+    until = await ctx.service.heartbeat(
+        who, request.match_info["id"], _proof(request, who, body), wire.parse_extend_seconds(body)
+    )
+    return _respond(request, {"ok": True, "leaseUntil": rfc3339(until)})
+
+
+async def abandon(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    body = await _body(request, wire.ABANDON_FIELDS)
+    await ctx.service.abandon(who, request.match_info["id"], _proof(request, who, body))
+    return _respond(request, {"status": "requeued"})
+
+
+async def nack(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    body = await _body(request, wire.NACK_FIELDS)
+    delay, reason = wire.parse_nack(body)
+    outcome = await ctx.service.nack(
+        who, request.match_info["id"], _proof(request, who, body), delay, reason
+    )
+    return _respond(request, wire.nack_to_wire(outcome))
+
+
+async def submit_result(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    body = await _body(request, wire.RESULT_FIELDS)
+    submission = wire.parse_result(body)
+    result = await ctx.service.submit_result(
+        who, request.match_info["id"], _proof(request, who, body), submission
+    )
+    return _respond(request, wire.result_to_wire(result))
+
+
+async def get_task(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    task = await ctx.service.get_task(who, request.match_info["id"])
+    return json_response(wire.task_to_wire(task))
+
+
+async def get_result(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    task, result = await ctx.service.get_result(who, request.match_info["id"])
+    return json_response(
+        {"task": wire.task_to_wire(task), "result": wire.result_to_wire(result) if result else None}
+    )
+
+
+async def get_history(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    entries = await ctx.service.history(who, request.match_info["id"])
+    return json_response(
+        {"taskId": request.match_info["id"], "history": wire.history_to_wire(entries)}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    report = await request.app[CTX].readiness()
+    return json_response(report, 200 if report["status"] == "ready" else 503)
+
+
+def build_app(ctx: TransportContext) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_and_request_id], client_max_size=ctx.config.max_body_bytes
+    )
+    app[CTX] = ctx
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post(f"{PREFIX}/tasks", create_task)
+    app.router.add_post(f"{PREFIX}/tasks/claim", claim_task)
+    app.router.add_post(f"{PREFIX}/tasks/{{id}}/heartbeat", heartbeat)
+    app.router.add_post(f"{PREFIX}/tasks/{{id}}/abandon", abandon)
+    app.router.add_post(f"{PREFIX}/tasks/{{id}}/nack", nack)
+    app.router.add_post(f"{PREFIX}/tasks/{{id}}/result", submit_result)
+    app.router.add_get(f"{PREFIX}/tasks/{{id}}", get_task)
+    app.router.add_get(f"{PREFIX}/tasks/{{id}}/result", get_result)
+    app.router.add_get(f"{PREFIX}/tasks/{{id}}/history", get_history)
+    return app
+
+
+class HttpTransport:
+    """codeQ's v1 HTTP API on a TCP port."""
+
+    name = "http"
+
+    def __init__(self, context: TransportContext) -> None:
+        self._ctx = context
+        self._runner: web.AppRunner | None = None
+        self._sites: list[web.BaseSite] = []
+
+    async def start(self) -> list[str]:
+        config = self._ctx.config
+        self._runner = web.AppRunner(
+            build_app(self._ctx), access_log=None, handle_signals=False,
+            shutdown_timeout=config.shutdown_grace_seconds,
+        )  # fmt: skip
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.bind_address, config.port, reuse_address=True)
+        await site.start()
+        self._sites.append(site)
+        return [_address(site)]
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful when configured as 0)."""
+        server = self._sites[0]._server
+        assert server is not None and hasattr(server, "sockets")
+        return int(server.sockets[0].getsockname()[1])
+
+    async def stop_accepting(self) -> None:
+        for site in self._sites:
+            await site.stop()
+        self._sites.clear()
+
+    async def drain(self, timeout: float) -> None:
+        # The runner was built with shutdown_timeout = the configured grace period.
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def _address(site: web.TCPSite) -> str:
+    server = site._server
+    assert server is not None and hasattr(server, "sockets")
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"http://{host}:{port}"
