@@ -70,13 +70,20 @@ class Daemon:
         self.state = tempfile.mkdtemp(prefix="cq-bench-", dir="/tmp")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "STATE_DIR": self.state, "PORT": str(self.port),
-               "LOG_LEVEL": "warning", "LOG_FORMAT": "json"}  # fmt: skip
+        env = {
+            **os.environ,
+            "STATE_DIR": self.state,
+            "PORT": str(self.port),
+            "LOG_LEVEL": "warning",
+            "LOG_FORMAT": "json",
+        }
         env.pop("REDIS_ADDR", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "codeq", "serve"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "-m", "codeq", "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     async def ready(self, http: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + 30
@@ -115,8 +122,9 @@ async def store_ceiling(redis: Redis, seconds: float = 2.0) -> float:
     return done / seconds
 
 
-async def lifecycles(http: aiohttp.ClientSession, daemon: Daemon, n: int, producers: int,
-                     workers: int, command: str) -> tuple[float, list[float]]:  # fmt: skip
+async def lifecycles(
+    http: aiohttp.ClientSession, daemon: Daemon, n: int, producers: int, workers: int, command: str
+) -> tuple[float, list[float]]:
     """Runs n create->claim->result lifecycles; returns (seconds, created->claimed ms)."""
     headers = {"Authorization": f"Bearer {daemon.token}"}
     remaining = list(range(n))
@@ -127,23 +135,32 @@ async def lifecycles(http: aiohttp.ClientSession, daemon: Daemon, n: int, produc
     async def produce() -> None:
         while remaining:
             remaining.pop()
-            async with http.post(f"{daemon.url}{API}/tasks", headers=headers,
-                                 json={"command": command, "payload": {"n": 1}}) as r:  # fmt: skip
+            async with http.post(
+                f"{daemon.url}{API}/tasks",
+                headers=headers,
+                json={"command": command, "payload": {"n": 1}},
+            ) as r:
                 assert r.status == 202, await r.text()
 
     async def work() -> None:
         nonlocal completed
         while not finished.is_set():
-            async with http.post(f"{daemon.url}{API}/tasks/claim", headers=headers,
-                                 json={"commands": [command], "waitSeconds": 1}) as r:  # fmt: skip
+            async with http.post(
+                f"{daemon.url}{API}/tasks/claim",
+                headers=headers,
+                json={"commands": [command], "waitSeconds": 1},
+            ) as r:
                 if r.status == 204:
                     continue
                 task = await r.json()
             claimed = time.time()
             created = datetime.fromisoformat(task["createdAt"]).timestamp()
             latencies.append((claimed - created) * 1000)
-            async with http.post(f"{daemon.url}{API}/tasks/{task['id']}/result", headers=headers,
-                                 json={"status": "COMPLETED", "result": {}}) as r:  # fmt: skip
+            async with http.post(
+                f"{daemon.url}{API}/tasks/{task['id']}/result",
+                headers=headers,
+                json={"status": "COMPLETED", "result": {}},
+            ) as r:
                 assert r.status == 200, await r.text()
             completed += 1
             if completed >= n:
@@ -167,21 +184,32 @@ async def fill(store: Store, command: str, count: int) -> None:
     new = NewTask(command=command, payload="{}")
     batch = 50  # concurrent creates; the client's connection pool is bounded
     for start in range(0, count, batch):
-        await asyncio.gather(*(
-            store.create(tag, keys.new_task_id(tag), new, tenant="dev", max_attempts=5,
-                         visible_at_ms=0, now_ms=now)
-            for _ in range(min(batch, count - start))
-        ))  # fmt: skip
+        await asyncio.gather(
+            *(
+                store.create(
+                    tag,
+                    keys.new_task_id(tag),
+                    new,
+                    tenant="dev",
+                    max_attempts=5,
+                    visible_at_ms=0,
+                    now_ms=now,
+                )
+                for _ in range(min(batch, count - start))
+            )
+        )
 
 
-async def claim_latency(http: aiohttp.ClientSession, daemon: Daemon, command: str,
-                        samples: int) -> list[float]:  # fmt: skip
+async def claim_latency(
+    http: aiohttp.ClientSession, daemon: Daemon, command: str, samples: int
+) -> list[float]:
     headers = {"Authorization": f"Bearer {daemon.token}"}
     out = []
     for _ in range(samples):
         t0 = time.perf_counter()
-        async with http.post(f"{daemon.url}{API}/tasks/claim", headers=headers,
-                             json={"commands": [command]}) as r:  # fmt: skip
+        async with http.post(
+            f"{daemon.url}{API}/tasks/claim", headers=headers, json={"commands": [command]}
+        ) as r:
             assert r.status == 200
             await r.read()
         out.append((time.perf_counter() - t0) * 1000)
@@ -206,10 +234,14 @@ async def main(args: argparse.Namespace) -> None:
             )
             store_cpu_us = (cpu_seconds(daemon.store_pid) - cpu0) / args.tasks * 1e6
             rate = args.tasks / elapsed
-            print(f"HTTP single-task lifecycles: {args.tasks} in {elapsed:.2f}s = {rate:,.0f}/s "
-                  f"({3 * rate:,.0f} requests/s); ratio to store ceiling {rate / ceiling:.3f}")  # fmt: skip
-            print(f"created->claimed latency ms: p50 {percentile(lat, 0.5):.1f} "
-                  f"p99 {percentile(lat, 0.99):.1f}")  # fmt: skip
+            print(
+                f"HTTP single-task lifecycles: {args.tasks} in {elapsed:.2f}s = {rate:,.0f}/s "
+                f"({3 * rate:,.0f} requests/s); ratio to store ceiling {rate / ceiling:.3f}"
+            )
+            print(
+                f"created->claimed latency ms: p50 {percentile(lat, 0.5):.1f} "
+                f"p99 {percentile(lat, 0.99):.1f}"
+            )
             print(f"store CPU per lifecycle: {store_cpu_us:.0f} us")
 
             store = Store(redis, origin="bench")
@@ -220,8 +252,10 @@ async def main(args: argparse.Namespace) -> None:
                 await fill(store, command, depth + args.samples)
                 lat = await claim_latency(http, daemon, command, args.samples)
                 results[depth] = lat
-                print(f"claim latency at {depth:>9,} queued: p50 {statistics.median(lat):.2f} ms "
-                      f"p99 {percentile(lat, 0.99):.2f} ms")  # fmt: skip
+                print(
+                    f"claim latency at {depth:>9,} queued: p50 {statistics.median(lat):.2f} ms "
+                    f"p99 {percentile(lat, 0.99):.2f} ms"
+                )
             shallow = statistics.median(results[100])
             deep = statistics.median(results[args.deep])
             print(f"claim p50 ratio deep/shallow: {deep / shallow:.2f}")

@@ -58,9 +58,11 @@ class Daemon:
         config = self.config
         redis = await self._connect_store()
         self.store = Store(
-            redis, origin=self.origin, history_limit=config.history_limit,
+            redis,
+            origin=self.origin,
+            history_limit=config.history_limit,
             idempotency_ttl_ms=config.idempotency_ttl_seconds * 1000,
-        )  # fmt: skip
+        )
         await self.store.connect()
         retry = retry_policy(config)
         scheduler = Scheduler(redis, self.origin)
@@ -69,37 +71,48 @@ class Daemon:
         self.supervisor = Supervisor([scheduler, mover, reaper])
         self.supervisor.start()
         self.service = Service(
-            self.store, scheduler, mover, reaper,
+            self.store,
+            scheduler,
+            mover,
+            reaper,
             ServiceSettings(
                 default_lease_seconds=config.default_lease_seconds,
                 max_attempts_default=config.max_attempts_default,
                 retry=retry,
             ),
-        )  # fmt: skip
+        )
         context = TransportContext(self.service, self._authenticator(), config, self.readiness)
         for name in config.transports:
             transport = load_transport(name)(context)
             self.addresses += await transport.start()
             self.transports.append(transport)
-        log.info("codeq ready", listening=self.addresses, store=self._store_label(),
-                 dev_mode=config.dev_mode)  # fmt: skip
+        log.info(
+            "codeq ready",
+            listening=self.addresses,
+            store=self._store_label(),
+            dev_mode=config.dev_mode,
+        )
 
     async def _connect_store(self) -> Redis:
         config = self.config
         url, password = config.redis_addr, config.redis_password
         if not url:
-            self.embedded = EmbeddedRedis(config.state_directory(), password=password,
-                                          binary=config.redis_server_path)  # fmt: skip
+            self.embedded = EmbeddedRedis(
+                config.state_directory(), password=password, binary=config.redis_server_path
+            )
             address = await self.embedded.start()
             url, password = address.url, address.password
         elif "://" not in url:
             url = f"redis://{url}"
         return Redis.from_url(
-            url, password=password, decode_responses=True,
+            url,
+            password=password,
+            decode_responses=True,
             socket_timeout=config.store_timeout_seconds,
             socket_connect_timeout=config.store_timeout_seconds,
-            max_connections=config.store_max_connections, health_check_interval=30,
-        )  # fmt: skip
+            max_connections=config.store_max_connections,
+            health_check_interval=30,
+        )
 
     def _store_label(self) -> str:
         return "embedded" if self.embedded else "external"
@@ -113,9 +126,11 @@ class Daemon:
             tokens = {t.token: dict(t.claims) for t in config.static_tokens}
         provider = StaticProvider(tokens)
         return Authenticator(
-            provider, provider, worker_audience=config.worker_audience,
+            provider,
+            provider,
+            worker_audience=config.worker_audience,
             allow_producer_as_worker=config.allow_producer_as_worker,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------ health
 

@@ -7,7 +7,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from codeq.domain import (
@@ -46,15 +46,21 @@ class ServiceSettings:
 
     default_lease_seconds: int = 300
     max_attempts_default: int = 5
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_heartbeat_extend_seconds: int = 300
 
 
 class Service:
     """The operations of codeq, independent of any transport."""
 
-    def __init__(self, store: Store, scheduler: Scheduler, mover: DelayedMover,
-                 reaper: LeaseReaper, settings: ServiceSettings) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        mover: DelayedMover,
+        reaper: LeaseReaper,
+        settings: ServiceSettings,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.mover = mover
@@ -71,10 +77,14 @@ class Service:
         visible = self._visible_at(new, now)
         await self.store.register_tenant(tag, who.tenant)
         task, created = await self.store.create(
-            tag, keys.new_task_id(tag), new, tenant=who.tenant,
+            tag,
+            keys.new_task_id(tag),
+            new,
+            tenant=who.tenant,
             max_attempts=new.max_attempts or self.settings.max_attempts_default,
-            visible_at_ms=visible, now_ms=now,
-        )  # fmt: skip
+            visible_at_ms=visible,
+            now_ms=now,
+        )
         if created:
             if visible > now:
                 self.mover.due_at(visible)
@@ -138,13 +148,19 @@ class Service:
                     break
         return []
 
-    async def _claim_now(self, tag: str, commands: Sequence[str], who: Principal,
-                         lease_ms: int, count: int) -> list[Task]:  # fmt: skip
+    async def _claim_now(
+        self, tag: str, commands: Sequence[str], who: Principal, lease_ms: int, count: int
+    ) -> list[Task]:
         now = now_ms()
         tasks = await self.store.claim(
-            tag, commands, worker_id=who.subject, lease_ms=lease_ms,
-            token=secrets.token_urlsafe(12), count=count, now_ms=now,
-        )  # fmt: skip
+            tag,
+            commands,
+            worker_id=who.subject,
+            lease_ms=lease_ms,
+            token=secrets.token_urlsafe(12),
+            count=count,
+            now_ms=now,
+        )
         if tasks:
             self.reaper.lease_ends_at(now + lease_ms)
         return tasks
@@ -163,8 +179,9 @@ class Service:
             raise Forbidden("the token allows no eventTypes")
         return tuple(sorted(who.event_types))
 
-    async def heartbeat(self, who: Principal, task_id: str, proof: LeaseProof,
-                        extend_seconds: int | None) -> int:  # fmt: skip
+    async def heartbeat(
+        self, who: Principal, task_id: str, proof: LeaseProof, extend_seconds: int | None
+    ) -> int:
         _require_scope(who, "codeq:heartbeat")
         extend_ms = (extend_seconds or self.settings.default_heartbeat_extend_seconds) * 1000
         now = now_ms()
@@ -174,15 +191,26 @@ class Service:
         self.reaper.lease_ends_at(until)
         return until
 
-    async def nack(self, who: Principal, task_id: str, proof: LeaseProof,
-                   delay_seconds: int | None, reason: str) -> NackOutcome:  # fmt: skip
+    async def nack(
+        self,
+        who: Principal,
+        task_id: str,
+        proof: LeaseProof,
+        delay_seconds: int | None,
+        reason: str,
+    ) -> NackOutcome:
         _require_scope(who, "codeq:nack")
         tag = self._tag_for(who, task_id)
         now = now_ms()
         outcome = await self.store.nack(
-            tag, task_id, proof, delay_ms=None if delay_seconds is None else delay_seconds * 1000,
-            retry=self.settings.retry, reason=reason, now_ms=now,
-        )  # fmt: skip
+            tag,
+            task_id,
+            proof,
+            delay_ms=None if delay_seconds is None else delay_seconds * 1000,
+            retry=self.settings.retry,
+            reason=reason,
+            now_ms=now,
+        )
         if not outcome.dead_lettered:
             if outcome.delay_seconds > 0:
                 self.mover.due_at(now + outcome.delay_seconds * 1000)
@@ -196,8 +224,9 @@ class Service:
         command = await self.store.abandon(tag, task_id, proof, now_ms=now_ms())
         self.scheduler.became_ready(tag, command)
 
-    async def submit_result(self, who: Principal, task_id: str, proof: LeaseProof,
-                            submission: ResultSubmission) -> Result:  # fmt: skip
+    async def submit_result(
+        self, who: Principal, task_id: str, proof: LeaseProof, submission: ResultSubmission
+    ) -> Result:
         _require_scope(who, "codeq:result")
         return await self.store.submit_result(
             self._tag_for(who, task_id), task_id, proof, submission, now_ms=now_ms()

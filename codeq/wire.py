@@ -33,9 +33,19 @@ from codeq.domain import (
 Body = Mapping[str, Any]
 
 CREATE_FIELDS = frozenset(
-    {"command", "payload", "priority", "maxAttempts", "webhook", "idempotencyKey", "runAt",
-     "delaySeconds", "traceParent", "traceState"}
-)  # fmt: skip
+    {
+        "command",
+        "payload",
+        "priority",
+        "maxAttempts",
+        "webhook",
+        "idempotencyKey",
+        "runAt",
+        "delaySeconds",
+        "traceParent",
+        "traceState",
+    }
+)
 CLAIM_FIELDS = frozenset({"commands", "leaseSeconds", "waitSeconds"})
 HEARTBEAT_FIELDS = frozenset({"extendSeconds", "leaseToken"})
 NACK_FIELDS = frozenset({"delaySeconds", "reason", "leaseToken"})

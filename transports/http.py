@@ -251,9 +251,11 @@ class HttpTransport:
     async def start(self) -> list[str]:
         config = self._ctx.config
         self._runner = web.AppRunner(
-            build_app(self._ctx), access_log=None, handle_signals=False,
+            build_app(self._ctx),
+            access_log=None,
+            handle_signals=False,
             shutdown_timeout=config.shutdown_grace_seconds,
-        )  # fmt: skip
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.bind_address, config.port, reuse_address=True)
         await site.start()

@@ -51,8 +51,14 @@ class Supervisor:
     systemd restarts the whole process rather than limping on without the actor.
     """
 
-    def __init__(self, actors: Sequence[Actor], *, budget: int = 5, window: float = 60.0,
-                 backoff: tuple[float, float] = (0.1, 5.0)) -> None:  # fmt: skip
+    def __init__(
+        self,
+        actors: Sequence[Actor],
+        *,
+        budget: int = 5,
+        window: float = 60.0,
+        backoff: tuple[float, float] = (0.1, 5.0),
+    ) -> None:
         self.actors = list(actors)
         self.failed = asyncio.Event()
         self.restarts: dict[str, int] = {a.name: 0 for a in actors}
@@ -89,8 +95,12 @@ class Supervisor:
             while crashes and crashes[0] < now - self._window:
                 crashes.popleft()
             if len(crashes) > self._budget:
-                log.error("actor exceeded its restart budget", actor=actor.name,
-                          budget=self._budget, window_seconds=self._window)  # fmt: skip
+                log.error(
+                    "actor exceeded its restart budget",
+                    actor=actor.name,
+                    budget=self._budget,
+                    window_seconds=self._window,
+                )
                 self._state[actor.name] = "failed"
                 self.failed.set()
                 return
@@ -104,7 +114,7 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 log.error("actor did not stop in time", task=task.get_name())
         for name in self._state:

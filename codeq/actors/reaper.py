@@ -14,8 +14,15 @@ class LeaseReaper(TenantSweeper):
 
     name = "lease reaper"
 
-    def __init__(self, store: Store, scheduler: Scheduler, retry: RetryPolicy, *,
-                 batch: int = 500, max_idle_ms: int = 1000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        retry: RetryPolicy,
+        *,
+        batch: int = 500,
+        max_idle_ms: int = 1000,
+    ) -> None:
         super().__init__(store, scheduler, batch=batch, max_idle_ms=max_idle_ms)
         self.retry = retry
         self.expired = 0

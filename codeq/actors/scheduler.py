@@ -153,17 +153,19 @@ class Scheduler(Actor):
     async def _listen(self) -> None:
         """Relays other daemons' ready events; after a reconnect, wakes everyone in
         case a message was missed while the connection was down."""
-        delay = 0.1
+        delay, missed = 0.1, False
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.PUBSUB_READY)
-                    self.wake_all()
-                    delay = 0.1
+                    if missed:
+                        self.wake_all()
+                    delay, missed = 0.1, False
                     async for message in pubsub.listen():
                         self._relay(message["data"])
             except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
                 log.warning("ready channel lost; resubscribing", error=str(exc), retry_in=delay)
+                missed = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -19,8 +19,9 @@ class TenantSweeper(Actor):
     The scripts are atomic and idempotent, so every replica can sweep at once.
     """
 
-    def __init__(self, store: Store, scheduler: Scheduler, *, batch: int = 500,
-                 max_idle_ms: int = 1000) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, scheduler: Scheduler, *, batch: int = 500, max_idle_ms: int = 1000
+    ) -> None:
         super().__init__()
         self.store = store
         self.scheduler = scheduler

@@ -8,9 +8,15 @@ from typing import Any
 from codeq.domain import Principal, Unauthenticated
 
 WORKER_SCOPES = frozenset(
-    {"codeq:claim", "codeq:heartbeat", "codeq:abandon", "codeq:nack", "codeq:result",
-     "codeq:subscribe"}
-)  # fmt: skip
+    {
+        "codeq:claim",
+        "codeq:heartbeat",
+        "codeq:abandon",
+        "codeq:nack",
+        "codeq:result",
+        "codeq:subscribe",
+    }
+)
 TENANT_CLAIMS = ("tenantId", "tenant_id", "organizationId", "organization_id")
 
 
@@ -50,6 +56,10 @@ def principal_from_claims(claims: Mapping[str, Any], *, worker_audience: str) ->
 def as_worker(producer: Principal) -> Principal:
     """allowProducerAsWorker (dev only): a producer acts as a wildcard worker."""
     return Principal(
-        subject=producer.subject, tenant=producer.tenant, scopes=WORKER_SCOPES,
-        event_types=frozenset({"*"}), admin=producer.admin, worker=True,
-    )  # fmt: skip
+        subject=producer.subject,
+        tenant=producer.tenant,
+        scopes=WORKER_SCOPES,
+        event_types=frozenset({"*"}),
+        admin=producer.admin,
+        worker=True,
+    )

@@ -38,9 +38,14 @@ def _digest(token: str) -> bytes:
 class Authenticator:
     """Turns the bearer token of a request into a Principal, producer or worker."""
 
-    def __init__(self, producer: AuthProvider, worker: AuthProvider, *,
-                 worker_audience: str = "codeq-worker",
-                 allow_producer_as_worker: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        producer: AuthProvider,
+        worker: AuthProvider,
+        *,
+        worker_audience: str = "codeq-worker",
+        allow_producer_as_worker: bool = False,
+    ) -> None:
         self._producer = producer
         self._worker = worker
         self._audience = worker_audience

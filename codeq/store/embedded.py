@@ -294,7 +294,7 @@ class EmbeddedRedis:
         return self.address
 
     # `timeout` is the grace before SIGKILL, not a cancel scope: asyncio.timeout cannot say that.
-    async def stop(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def stop(self, timeout: float = 10.0) -> None:
         """Stops the watcher, then the child: SIGTERM (redis flushes its AOF), SIGKILL after
         `timeout` seconds. Idempotent."""
         watcher, self._watcher = self._watcher, None

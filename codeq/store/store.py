@@ -33,10 +33,27 @@ from codeq.store.scripts import Scripts
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError)
 
 _TASK_FIELDS = {
-    "id", "command", "payload", "priority", "status", "attempts", "maxAttempts", "tenantId",
-    "createdAt", "updatedAt", "webhook", "workerId", "leaseUntil", "leaseToken", "error",
-    "runAt", "idempotencyKey", "traceParent", "traceState", "cancelRequested",
-}  # fmt: skip
+    "id",
+    "command",
+    "payload",
+    "priority",
+    "status",
+    "attempts",
+    "maxAttempts",
+    "tenantId",
+    "createdAt",
+    "updatedAt",
+    "webhook",
+    "workerId",
+    "leaseUntil",
+    "leaseToken",
+    "error",
+    "runAt",
+    "idempotencyKey",
+    "traceParent",
+    "traceState",
+    "cancelRequested",
+}
 
 
 def _lease_error(code: str) -> Exception:
@@ -104,8 +121,14 @@ class Store:
     """The only code that speaks to the store. Methods take the tenant tag and return
     domain objects; lease failures come back as domain errors."""
 
-    def __init__(self, redis: Redis, *, origin: str, history_limit: int = 32,
-                 idempotency_ttl_ms: int = 86_400_000) -> None:  # fmt: skip
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        origin: str,
+        history_limit: int = 32,
+        idempotency_ttl_ms: int = 86_400_000,
+    ) -> None:
         self.redis = redis
         self.origin = origin
         self._history_limit = history_limit
@@ -148,34 +171,76 @@ class Store:
 
     async def tenants(self) -> list[str]:
         async with _reachable():
-            return sorted(await self.redis.smembers(keys.TENANTS))
+            members: set[str] = await self.redis.smembers(keys.TENANTS)  # type: ignore[assignment]
+            return sorted(members)
 
     # ------------------------------------------------------------ transitions
 
-    async def create(self, tag: str, task_id: str, new: NewTask, *, tenant: str,
-                     max_attempts: int, visible_at_ms: int, now_ms: int) -> tuple[Task, bool]:  # fmt: skip
+    async def create(
+        self,
+        tag: str,
+        task_id: str,
+        new: NewTask,
+        *,
+        tenant: str,
+        max_attempts: int,
+        visible_at_ms: int,
+        now_ms: int,
+    ) -> tuple[Task, bool]:
         """Stores a task, ready or delayed. Returns the task and whether it is new
         (False: the idempotency key named an existing task, which is returned)."""
         digest = keys.idempotency_digest(new.idempotency_key) if new.idempotency_key else ""
         reply = await self._call(
-            "create", tag, task_id, new.command, new.payload, new.priority, max_attempts,
-            new.webhook or "", digest, self._idempotency_ttl_ms, now_ms, visible_at_ms,
-            self._history_limit, self.origin, new.trace_parent or "", new.trace_state or "",
-            tenant, new.idempotency_key or "",
-        )  # fmt: skip
+            "create",
+            tag,
+            task_id,
+            new.command,
+            new.payload,
+            new.priority,
+            max_attempts,
+            new.webhook or "",
+            digest,
+            self._idempotency_ttl_ms,
+            now_ms,
+            visible_at_ms,
+            self._history_limit,
+            self.origin,
+            new.trace_parent or "",
+            new.trace_state or "",
+            tenant,
+            new.idempotency_key or "",
+        )
         if reply[0] == "existing":
             return task_from_fields(_pairs(reply[2])), False
         return Task(
-            id=task_id, command=new.command, payload=new.payload, priority=new.priority,
-            status=Status.PENDING, attempts=0, max_attempts=max_attempts, tenant_id=tenant,
-            created_at_ms=now_ms, updated_at_ms=now_ms, webhook=new.webhook,
+            id=task_id,
+            command=new.command,
+            payload=new.payload,
+            priority=new.priority,
+            status=Status.PENDING,
+            attempts=0,
+            max_attempts=max_attempts,
+            tenant_id=tenant,
+            created_at_ms=now_ms,
+            updated_at_ms=now_ms,
+            webhook=new.webhook,
             run_at_ms=visible_at_ms if visible_at_ms > now_ms else None,
-            idempotency_key=new.idempotency_key, trace_parent=new.trace_parent,
+            idempotency_key=new.idempotency_key,
+            trace_parent=new.trace_parent,
             trace_state=new.trace_state,
-        ), True  # fmt: skip
+        ), True
 
-    async def claim(self, tag: str, commands: Iterable[str], *, worker_id: str, lease_ms: int,
-                    token: str, count: int, now_ms: int) -> list[Task]:  # fmt: skip
+    async def claim(
+        self,
+        tag: str,
+        commands: Iterable[str],
+        *,
+        worker_id: str,
+        lease_ms: int,
+        token: str,
+        count: int,
+        now_ms: int,
+    ) -> list[Task]:
         """Leases up to `count` ready tasks; highest tier first, oldest first."""
         reply = await self._call(
             "claim",
@@ -190,8 +255,9 @@ class Store:
         )
         return [task_from_fields(_pairs(flat)) for flat in reply]
 
-    async def heartbeat(self, tag: str, task_id: str, proof: LeaseProof, *, extend_ms: int,
-                        now_ms: int) -> int:  # fmt: skip
+    async def heartbeat(
+        self, tag: str, task_id: str, proof: LeaseProof, *, extend_ms: int, now_ms: int
+    ) -> int:
         """Extends a lease; returns the new lease end (ms)."""
         reply = await self._call(
             "heartbeat", tag, task_id, now_ms, extend_ms, proof.worker_id, proof.lease_token or ""
@@ -200,14 +266,34 @@ class Store:
             raise _lease_error(reply[0])
         return int(reply[1])
 
-    async def nack(self, tag: str, task_id: str, proof: LeaseProof, *, delay_ms: int | None,
-                   retry: RetryPolicy, reason: str, now_ms: int) -> NackOutcome:  # fmt: skip
+    async def nack(
+        self,
+        tag: str,
+        task_id: str,
+        proof: LeaseProof,
+        *,
+        delay_ms: int | None,
+        retry: RetryPolicy,
+        reason: str,
+        now_ms: int,
+    ) -> NackOutcome:
         """Gives a task back as failed: retried after a delay or dead-lettered."""
         reply = await self._call(
-            "nack", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
-            -1 if delay_ms is None else delay_ms, retry.policy.value, retry.base_ms,
-            retry.max_ms, random.random(), reason, self._history_limit, self.origin,
-        )  # fmt: skip
+            "nack",
+            tag,
+            task_id,
+            now_ms,
+            proof.worker_id,
+            proof.lease_token or "",
+            -1 if delay_ms is None else delay_ms,
+            retry.policy.value,
+            retry.base_ms,
+            retry.max_ms,
+            random.random(),
+            reason,
+            self._history_limit,
+            self.origin,
+        )
         if reply[0] == "dead_lettered":
             return NackOutcome(dead_lettered=True, delay_seconds=0)
         if reply[0] != "requeued":
@@ -219,37 +305,70 @@ class Store:
     async def abandon(self, tag: str, task_id: str, proof: LeaseProof, *, now_ms: int) -> str:
         """Gives a task back untouched, next in line; returns its command."""
         reply = await self._call(
-            "abandon", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
-            self._history_limit, self.origin,
-        )  # fmt: skip
+            "abandon",
+            tag,
+            task_id,
+            now_ms,
+            proof.worker_id,
+            proof.lease_token or "",
+            self._history_limit,
+            self.origin,
+        )
         if reply[0] != "requeued":
             raise _lease_error(reply[0])
         return str(reply[1])
 
-    async def submit_result(self, tag: str, task_id: str, proof: LeaseProof,
-                            submission: ResultSubmission, *, now_ms: int) -> Result:  # fmt: skip
+    async def submit_result(
+        self,
+        tag: str,
+        task_id: str,
+        proof: LeaseProof,
+        submission: ResultSubmission,
+        *,
+        now_ms: int,
+    ) -> Result:
         """Records a task's terminal outcome, exactly once."""
         result = Result(
-            task_id=task_id, status=submission.status, result=submission.result,
-            error=submission.error, artifacts=submission.artifacts, completed_at_ms=now_ms,
-        )  # fmt: skip
+            task_id=task_id,
+            status=submission.status,
+            result=submission.result,
+            error=submission.error,
+            artifacts=submission.artifacts,
+            completed_at_ms=now_ms,
+        )
         reply = await self._call(
-            "result", tag, task_id, now_ms, proof.worker_id, proof.lease_token or "",
-            submission.status.value, orjson.dumps(result_record(result)), submission.error or "",
+            "result",
+            tag,
+            task_id,
+            now_ms,
+            proof.worker_id,
+            proof.lease_token or "",
+            submission.status.value,
+            orjson.dumps(result_record(result)),
+            submission.error or "",
             self._history_limit,
-        )  # fmt: skip
+        )
         if reply[0] != "ok":
             raise _lease_error(reply[0])
         return result
 
-    async def reap(self, tag: str, *, now_ms: int, batch: int,
-                   retry: RetryPolicy) -> tuple[list[str], int | None]:  # fmt: skip
+    async def reap(
+        self, tag: str, *, now_ms: int, batch: int, retry: RetryPolicy
+    ) -> tuple[list[str], int | None]:
         """Retries or dead-letters expired leases; returns the commands of the tasks
         it requeued and the next lease expiry (ms) in the tenant."""
         reply = await self._call(
-            "reap", tag, now_ms, batch, retry.policy.value, retry.base_ms, retry.max_ms,
-            random.random(), self._history_limit, self.origin,
-        )  # fmt: skip
+            "reap",
+            tag,
+            now_ms,
+            batch,
+            retry.policy.value,
+            retry.base_ms,
+            retry.max_ms,
+            random.random(),
+            self._history_limit,
+            self.origin,
+        )
         return list(reply[2:]), (int(reply[1]) if int(reply[1]) >= 0 else None)
 
     async def move_due(self, tag: str, *, now_ms: int, batch: int) -> tuple[list[str], int | None]:
@@ -261,7 +380,7 @@ class Store:
 
     async def get_task(self, tag: str, task_id: str) -> Task | None:
         async with _reachable():
-            fields = await self.redis.hgetall(keys.task(tag, task_id))
+            fields: dict[str, str] = await self.redis.hgetall(keys.task(tag, task_id))  # type: ignore[assignment]
         return task_from_fields(fields) if fields else None
 
     async def get_result(self, tag: str, task_id: str) -> tuple[Task | None, Result | None]:
