@@ -9,7 +9,10 @@ import signal
 from typing import Any
 
 import structlog
+from redis import exceptions as rx
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from codeq.actors.base import Supervisor
 from codeq.actors.mover import DelayedMover
@@ -112,6 +115,11 @@ class Daemon:
             socket_connect_timeout=config.store_timeout_seconds,
             max_connections=config.store_max_connections,
             health_check_interval=30,
+            # One quick retry, on connection errors only: enough to replace a pooled
+            # connection a restarted store closed, short enough that a store that is
+            # down answers 503 at once. Timeouts are not retried: the script may have run.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
+            retry_on_error=[rx.ConnectionError],
         )
 
     def _store_label(self) -> str:
