@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 from conftest import Api, wait_for
@@ -89,3 +90,14 @@ async def test_long_poll_is_woken_by_a_create_on_another_daemon(
     elapsed = time.monotonic() - t0
     assert task is not None and task["id"] == created["id"]
     assert elapsed < 1.0, f"cross-daemon wake took {elapsed:.3f}s"
+
+
+async def test_delayed_task_is_ready_on_time(api: Api) -> None:
+    """The delayed mover makes a delayed task claimable within ~50 ms of its time."""
+    created = await api.create("D", delaySeconds=0.5)
+    due = datetime.fromisoformat(created["runAt"]).timestamp()
+    task = await api.claim(commands=["D"], waitSeconds=5)
+    lateness = time.time() - due
+    assert task is not None and task["id"] == created["id"]
+    # ~50 ms is the target; the bound leaves room for a loaded CI machine.
+    assert lateness < 0.25, f"delayed task was {lateness * 1000:.0f} ms late"

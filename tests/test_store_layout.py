@@ -87,3 +87,14 @@ async def test_every_key_of_a_workload_shares_its_tenant_slot(api: Any, redis: R
     assert keys.TENANTS in found
     tagged = [k for k in found if k != keys.TENANTS]
     assert tagged and all(k.startswith(f"cq:{{{TAG}}}:") for k in tagged), tagged
+
+
+async def test_claims_skip_a_paused_queue(api: Any, redis: Redis) -> None:
+    """A command in the tenant's paused set is not handed out; others still are."""
+    await api.create("A")
+    b = await api.create("B")
+    await redis.sadd(keys.paused(TAG), "A")
+    assert await api.claim(commands=["A"]) is None
+    assert (await api.claim())["id"] == b["id"]
+    await redis.srem(keys.paused(TAG), "A")
+    assert (await api.claim(commands=["A"]))["command"] == "A"
