@@ -169,7 +169,7 @@ def parse_claim(body: Body) -> ClaimRequest:
         raise Invalid("commands may name at most 100 commands", field="commands")
     for command in commands:
         if not COMMAND_RE.match(command):
-            raise Invalid(f"invalid command name {command!r}", field="commands")
+            raise Invalid(f"commands: invalid command name {command!r}", field="commands")
     return ClaimRequest(
         commands=tuple(commands),
         lease_seconds=_int(body, "leaseSeconds", 1, MAX_LEASE_SECONDS),

@@ -33,6 +33,11 @@ log = structlog.get_logger("codeq.http")
 
 PREFIX = "/v1/codeq"
 CTX = web.AppKey("codeq.context", TransportContext)
+# The X-CodeQ-Warning text of a request. aiohttp >= 3.14 warns on plain string keys
+# in request storage and offers web.RequestKey; older releases lack it.
+WARNING: Any = (
+    web.RequestKey("codeq.warning", str) if hasattr(web, "RequestKey") else "codeq.warning"
+)
 
 _STATUS: dict[type[CodeqError], int] = {
     Invalid: 400,
@@ -95,12 +100,12 @@ async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
     body = wire.parse_json_object(await request.read())
     unknown = wire.unknown_fields(body, known)
     if unknown:
-        request["warning"] = "unknown fields ignored: " + ", ".join(unknown)
+        request[WARNING] = "unknown fields ignored: " + ", ".join(unknown)
     return body
 
 
 def _respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
-    warning = request.get("warning")
+    warning = request.get(WARNING)
     return json_response(body, status, {"X-CodeQ-Warning": warning} if warning else None)
 
 
@@ -139,8 +144,8 @@ async def claim_task(request: web.Request) -> web.StreamResponse:
     task = await ctx.service.claim(who, req)
     if task is None:
         response = web.Response(status=204)
-        if request.get("warning"):
-            response.headers["X-CodeQ-Warning"] = request["warning"]
+        if request.get(WARNING):
+            response.headers["X-CodeQ-Warning"] = request[WARNING]
         return response
     return _respond(request, wire.task_to_wire(task, with_lease_token=True))
 

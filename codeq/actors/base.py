@@ -35,6 +35,7 @@ class Actor(ABC):
         The deadline is re-read from the clock each time, so drift does not build up
         across iterations; a poke during the previous pass is not lost.
         """
+        raise_if_cancelled()
         timeout = max(0.0, (deadline_ms - time.time() * 1000) / 1000)
         try:
             async with asyncio.timeout(timeout):
@@ -42,6 +43,19 @@ class Actor(ABC):
         except TimeoutError:
             pass
         self._wake.clear()
+
+
+def raise_if_cancelled() -> None:
+    """Raises CancelledError if this task was asked to stop but the request was lost.
+
+    On Python 3.11, `asyncio.wait_for` (which redis-py uses to send every command
+    when a socket timeout is set) returns the result instead of raising when the
+    cancel lands just as the command completes; the task still counts the request in
+    `cancelling()`. Loops call this at their wait points so a stop is never lost.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class Supervisor:
@@ -111,12 +125,16 @@ class Supervisor:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Cancels every actor and waits for them to finish, bounded by `timeout`."""
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        # A cancel can be lost inside a library call (asyncio.wait_for on 3.11), so
+        # it is repeated until each actor has stopped or the deadline passes.
+        deadline = time.monotonic() + timeout
+        pending = set(self._tasks)
+        while pending and time.monotonic() < deadline:
             for task in pending:
-                log.error("actor did not stop in time", task=task.get_name())
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.2, timeout))
+        for task in pending:
+            log.error("actor did not stop in time", task=task.get_name())
         for name in self._state:
             self._state[name] = "stopped"
         self._tasks.clear()

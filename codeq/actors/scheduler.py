@@ -11,7 +11,7 @@ import structlog
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from codeq.actors.base import Actor
+from codeq.actors.base import Actor, raise_if_cancelled
 from codeq.store import keys
 
 log = structlog.get_logger("codeq.scheduler")
@@ -158,6 +158,7 @@ class Scheduler(Actor):
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.PUBSUB_READY)
+                    raise_if_cancelled()  # the subscribe may have swallowed a stop
                     if missed:
                         self.wake_all()
                     delay, missed = 0.1, False

@@ -35,17 +35,17 @@ local function push_ready(id, cmd, tier, front, origin)
   if n == 1 then redis.call('PUBLISH', READY_CHANNEL, origin .. '|' .. TAG .. '|' .. cmd) end
 end
 
--- Checks that the caller holds the lease of an IN_PROGRESS task.
+-- Checks that the caller holds the lease of an IN_PROGRESS task: it is the owner
+-- and, when it presents a lease token, the token is the current one. The token is
+-- checked first, so a zombie whose lease passed to another worker learns that its
+-- token is stale; a valid token never lets another worker act as the owner.
 -- Returns nil when it does, else an error code for the service to map.
 local function check_lease(key, worker, token)
   local f = redis.call('HMGET', key, 'status', 'workerId', 'leaseToken')
   if not f[1] then return 'not_found' end
   if f[1] ~= 'IN_PROGRESS' then return 'not_in_progress:' .. f[1] end
-  if token ~= '' then
-    if f[3] ~= token then return 'stale_token' end
-  elseif f[2] ~= worker then
-    return 'not_owner'
-  end
+  if token ~= '' and f[3] ~= token then return 'stale_token' end
+  if f[2] ~= worker then return 'not_owner' end
   return nil
 end
 
