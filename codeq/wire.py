@@ -284,5 +284,17 @@ def nack_to_wire(outcome: NackOutcome) -> dict[str, Any]:
     return {"status": "requeued", "delaySeconds": outcome.delay_seconds}
 
 
+_HISTORY_TIMES = ("leaseUntil", "lastHeartbeatAt", "runAt")
+
+
 def history_to_wire(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
-    return [{"at": rfc3339(e.at_ms), "event": e.event, **e.detail} for e in entries]
+    """A task's timeline; times stored as epoch ms are shown as RFC 3339."""
+    out = []
+    for entry in entries:
+        detail = dict(entry.detail)
+        for name in _HISTORY_TIMES:
+            value = detail.get(name)
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                detail[name] = rfc3339(int(value))
+        out.append({"at": rfc3339(entry.at_ms), "event": entry.event, **detail})
+    return out

@@ -51,7 +51,7 @@ _PR_SET_PDEATHSIG = 1
 _REDIS_LOG_LINE = re.compile(r"^\d+:[A-Z] .*?\d\d:\d\d:\d\d\.\d+ ([.\-*#]) (.*)$")
 # Redis marks its routine start and stop banners "#" (warning) too, so warnings are not
 # raised above info; a child that dies has its last lines in the exit warning instead.
-_LEVEL_BY_MARK = {"#": "info", "*": "debug", "-": "debug", ".": "debug"}
+_LEVEL_BY_MARK = {"#": "debug", "*": "debug", "-": "debug", ".": "debug"}
 _TAIL_IN_EXIT_LOG = 5
 
 

@@ -20,7 +20,7 @@ for _, cmd in ipairs(redis.call('SMEMBERS', K_CMDS)) do
       -- a low-discrepancy sequence spreads the jitter of tasks reaped together
       local ri = (r + i * 0.6180339887498949) % 1
       local delay = backoff(ARGV[3], base, max, tonumber(f[1]), ri)
-      history(id, now, 'lease_expired', {worker = f[2], lastHeartbeatAt = f[3],
+      history(id, now, 'lease_expired', {worker = f[2], lastHeartbeatAt = f[3] or nil,
         leaseUntil = f[4], attempt = tonumber(f[1])}, limit)
       retry_or_dead_letter(id, key, cmd, now, delay, 'LEASE_EXPIRED', limit, ARGV[8])
       out[1] = out[1] + 1

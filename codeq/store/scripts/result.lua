@@ -14,5 +14,7 @@ redis.call('HSET', key, 'status', status, 'error', ARGV[7], 'leaseUntil', '', 'l
   'updatedAt', now, 'completedAt', now)
 redis.call('SET', k_result(id), ARGV[6])
 redis.call('ZADD', K_RET, now, id)
-history(id, now, string.lower(status), {worker = ARGV[3], error = ARGV[7]}, tonumber(ARGV[8]))
+local detail = {worker = ARGV[3]}
+if ARGV[7] ~= '' then detail['error'] = ARGV[7] end
+history(id, now, string.lower(status), detail, tonumber(ARGV[8]))
 return {'ok'}
