@@ -118,8 +118,11 @@ class Daemon:
             # One quick retry, on connection errors only: enough to replace a pooled
             # connection a restarted store closed, short enough that a store that is
             # down answers 503 at once. Timeouts are not retried: the script may have run.
-            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
-            retry_on_error=[rx.ConnectionError],
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.01, cap=0.1),
+                retries=1,
+                supported_errors=(rx.ConnectionError,),
+            ),
         )
 
     def _store_label(self) -> str:
