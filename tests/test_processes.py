@@ -29,6 +29,7 @@ from conftest import (
     free_port,
     make_config,
     serve_command,
+    stop_process,
     subprocess_env,
     wait_for,
 )
@@ -97,13 +98,7 @@ class ServeProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it lingers (teardown)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
