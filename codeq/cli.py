@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from pathlib import Path
+from typing import Any
 
 import orjson
 import uvloop
 
 from codeq import config as cfg
+from codeq.auth import tokens
 from codeq.observability import configure_logging
 
 
@@ -26,22 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     cfg.add_flags(check)
     check.set_defaults(run=_config_check)
 
+    _add_token_commands(commands)
+
     args = parser.parse_args(argv)
     try:
         loaded = cfg.load_config(args.config, flags=cfg.flags_from_args(args))
     except cfg.ConfigError as exc:
         print(f"codeq: {exc}", file=sys.stderr)
         return 2
-    code: int = args.run(loaded)
+    code: int = args.run(loaded, args)
     return code
 
 
-def _config_check(config: cfg.Config) -> int:
+def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
     print(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode())
     return 0
 
 
-def _serve(config: cfg.Config) -> int:
+def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
     return uvloop.run(_serve_async(config))
 
@@ -65,6 +71,116 @@ async def _serve_async(config: cfg.Config) -> int:
             flush=True,
         )
     return await daemon.run_until_stopped()
+
+
+# ------------------------------------------------------------ codeq token
+
+
+def _add_token_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = commands.add_parser(
+        "token", help="local signing keys, dev tokens and the JWKS for jwks auth"
+    )
+    actions = token.add_subparsers(dest="token_command", required=True)
+
+    def action(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=help)
+        sub.add_argument("--config", metavar="PATH", default=None, help="YAML config file")
+        sub.add_argument("--dir", metavar="DIR", help="key directory (default: the state dir)")
+        sub.set_defaults(run=run)
+        return sub
+
+    init = action("init", "create a signing key (ES256) and jwks.json", _token_init)
+    init.add_argument("--force", action="store_true", help="replace an existing key")
+    action("rotate", "add a new signing key; the JWKS keeps the old public keys", _token_rotate)
+    action("jwks", "print the JWKS (public keys)", _token_jwks)
+    mint = action("mint", "print a signed token (JWT) on stdout", _token_mint)
+    mint.add_argument("--role", choices=tokens.ROLES, required=True)
+    mint.add_argument("--sub", required=True, help="identity (worker id for workers)")
+    mint.add_argument("--tenant", help="tenantId claim (default: the tenant is sub)")
+    mint.add_argument("--event-types", help="commands a worker may claim: A,B or * (default *)")
+    mint.add_argument("--scope", help="space-separated scopes (workers: all worker scopes)")
+    mint.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    mint.add_argument(
+        "--aud",
+        action="append",
+        help="audience, repeatable (default: workerAudience for workers, identityAudience else)",
+    )
+    mint.add_argument("--iss", help="issuer (default: workerIssuer / identityIssuer if set)")
+    mint.add_argument("--worker-group", help="workerGroup claim")
+    serve = action("serve-jwks", "serve jwks.json over HTTP until interrupted", _token_serve)
+    serve.add_argument("--port", type=int, default=8081)
+    serve.add_argument("--bind", default="127.0.0.1")
+
+
+def _key_files(config: cfg.Config, args: argparse.Namespace) -> tokens.KeyFiles:
+    return tokens.KeyFiles(Path(args.dir) if args.dir else config.state_directory())
+
+
+def _token_errors(run: Any) -> Any:
+    """Reports a TokenError as one line on stderr and exit code 1."""
+
+    @functools.wraps(run)
+    def wrapper(config: cfg.Config, args: argparse.Namespace) -> int:
+        try:
+            code: int = run(config, args)
+        except tokens.TokenError as exc:
+            print(f"codeq token: {exc}", file=sys.stderr)
+            return 1
+        return code
+
+    return wrapper
+
+
+@_token_errors
+def _token_init(config: cfg.Config, args: argparse.Namespace) -> int:
+    files = _key_files(config, args)
+    kid = tokens.init_keys(files, force=args.force)
+    print(f"codeq token: signing key {kid} in {files.signing_key} (mode 0600)", file=sys.stderr)
+    print(f"codeq token: JWKS in {files.jwks}: use file://{files.jwks.resolve()}", file=sys.stderr)
+    return 0
+
+
+@_token_errors
+def _token_rotate(config: cfg.Config, args: argparse.Namespace) -> int:
+    files = _key_files(config, args)
+    kid = tokens.rotate_keys(files)
+    print(f"codeq token: new signing key {kid}; {files.jwks} keeps the old ones", file=sys.stderr)
+    return 0
+
+
+@_token_errors
+def _token_jwks(config: cfg.Config, args: argparse.Namespace) -> int:
+    print(tokens.public_jwks(_key_files(config, args)))
+    return 0
+
+
+@_token_errors
+def _token_mint(config: cfg.Config, args: argparse.Namespace) -> int:
+    worker = args.role == "worker"
+    event_types = None
+    if args.event_types is not None:
+        event_types = [name.strip() for name in args.event_types.split(",") if name.strip()]
+    default_aud = config.worker_audience if worker else config.identity_audience
+    request = tokens.TokenRequest(
+        role=args.role,
+        subject=args.sub,
+        tenant=args.tenant,
+        ttl_seconds=args.ttl,
+        event_types=event_types,
+        scope=args.scope,
+        audience=args.aud or ([default_aud] if default_aud else None),
+        issuer=args.iss or (config.worker_issuer if worker else config.identity_issuer),
+        worker_group=args.worker_group,
+    )
+    claims = tokens.token_claims(request, worker_audience=config.worker_audience)
+    print(tokens.mint(_key_files(config, args), claims))
+    return 0
+
+
+@_token_errors
+def _token_serve(config: cfg.Config, args: argparse.Namespace) -> int:
+    configure_logging(config.log_level, config.log_format)
+    return uvloop.run(tokens.serve_jwks(_key_files(config, args), args.bind, args.port))
 
 
 if __name__ == "__main__":

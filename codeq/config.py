@@ -113,6 +113,13 @@ class Number(Kind):
 
 
 @dataclass(frozen=True, slots=True)
+class PerSecond(Number):
+    """A rate, in events per second."""
+
+    metavar: ClassVar[str] = "PER_SECOND"
+
+
+@dataclass(frozen=True, slots=True)
 class Boolean(Kind):
     metavar: ClassVar[str] = "BOOL"
     WORDS: ClassVar[Mapping[str, bool]] = {
@@ -169,6 +176,26 @@ class FilePath(Text):
     """A non-empty file-system path."""
 
     metavar: ClassVar[str] = "PATH"
+
+
+@dataclass(frozen=True, slots=True)
+class Url(Kind):
+    """An absolute URL with one of a few schemes (a file:// URL names a local absolute path)."""
+
+    schemes: tuple[str, ...]
+    metavar: ClassVar[str] = "URL"
+
+    def parse(self, value: object, text: bool) -> str:
+        url = value.strip() if isinstance(value, str) else ""
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            usable = parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        else:
+            usable = bool(parts.hostname)
+        if parts.scheme not in self.schemes or not usable:
+            schemes = ", ".join(f"{scheme}://" for scheme in self.schemes)
+            raise _Invalid(f"must be a URL starting with {schemes}")
+        return url
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +342,10 @@ def setting(
     return field(default=default, repr=not secret, metadata={"setting": about})
 
 
-_AUTH_PROVIDER = Choice(("static",))
+_RATE = PerSecond(0, 1_000_000)
+_BURST = Integer(0, 1_000_000)
+_AUTH_PROVIDER = Choice(("static", "jwks"))
+_JWKS_URL = Url(("https", "http", "file"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +404,11 @@ class Config:
     retention_seconds: int = setting(
         86_400, Integer(60, YEAR_SECONDS), "how long finished tasks and results are kept"
     )
+    janitor_interval_seconds: float = setting(
+        60.0,
+        Number(0, 86_400),
+        "seconds between the janitor's retention passes over every tenant; 0 = off",
+    )
     idempotency_ttl_seconds: int = setting(
         86_400, Integer(60, YEAR_SECONDS), "how long an idempotency key maps to its task"
     )
@@ -391,8 +426,29 @@ class Config:
     worker_auth_provider: str | None = setting(
         None, _AUTH_PROVIDER, "worker auth provider; unset = dev mode (or static if tokens exist)"
     )
+    identity_jwks_url: str | None = setting(
+        None, _JWKS_URL, "JWKS of the producer token issuer (https://, http:// or file://)"
+    )
+    identity_issuer: str | None = setting(
+        None, Text(), "issuer ('iss') producer tokens must carry; unset = not checked"
+    )
+    identity_audience: str | None = setting(
+        None, Text(), "audience ('aud') producer tokens must carry; unset = not checked"
+    )
+    worker_jwks_url: str | None = setting(
+        None, _JWKS_URL, "JWKS of the worker token issuer (https://, http:// or file://)"
+    )
+    worker_issuer: str | None = setting(
+        None, Text(), "issuer ('iss') worker tokens must carry; unset = not checked"
+    )
     worker_audience: str = setting(
         "codeq-worker", Text(), "audience ('aud') that worker tokens must carry"
+    )
+    allowed_clock_skew_seconds: int = setting(
+        60, Integer(0, 3600), "clock skew allowed when checking a JWT's exp, nbf and iat"
+    )
+    jwks_refetch_interval_seconds: float = setting(
+        30.0, Number(0, 3600), "least time between two JWKS fetches caused by unknown key ids"
     )
     allow_producer_as_worker: bool = setting(
         False, Boolean(), "accept producer tokens as wildcard workers (dev only)"
@@ -404,6 +460,25 @@ class Config:
         2.0, Number(0.1, 60), "socket timeout of one store operation"
     )
     store_max_connections: int = setting(64, Integer(1, 10_000), "store connections in the pool")
+    # Per-token rate limits (SPEC §6), one bucket per bearer token and scope.
+    rate_limit_create_per_second: float = setting(
+        0.0, _RATE, "task creations per second per producer token; 0 = no limit"
+    )
+    rate_limit_create_burst: int = setting(
+        0, _BURST, "creations a producer token may make at once; 0 = one second's worth"
+    )
+    rate_limit_claim_per_second: float = setting(
+        0.0, _RATE, "claims per second per worker token; 0 = no limit"
+    )
+    rate_limit_claim_burst: int = setting(
+        0, _BURST, "claims a worker token may make at once; 0 = one second's worth"
+    )
+    rate_limit_admin_cleanup_per_second: float = setting(
+        0.0, _RATE, "admin cleanups per second per admin token; 0 = no limit"
+    )
+    rate_limit_admin_cleanup_burst: int = setting(
+        0, _BURST, "admin cleanups a token may make at once; 0 = one second's worth"
+    )
 
     @property
     def dev_mode(self) -> bool:
@@ -624,15 +699,24 @@ def _raise_if(problems: list[str]) -> None:
         raise ConfigError(f"{len(problems)} config problems:\n  " + "\n  ".join(problems))
 
 
+# The JWKS URL each provider setting needs when it is 'jwks'.
+_JWKS_URL_OF = {
+    "producer_auth_provider": "identity_jwks_url",
+    "worker_auth_provider": "worker_jwks_url",
+}
+
+
 def _with_implied_providers(config: Config) -> Config:
-    """Static tokens with no provider named mean the static provider."""
-    if not config.static_tokens:
-        return config
-    return replace(
-        config,
-        producer_auth_provider=config.producer_auth_provider or "static",
-        worker_auth_provider=config.worker_auth_provider or "static",
-    )
+    """A provider left unset is 'jwks' when its JWKS URL is set, else 'static' when
+    static tokens exist."""
+    implied: dict[str, Any] = {}
+    for name, url in _JWKS_URL_OF.items():
+        if getattr(config, name) is None:
+            if getattr(config, url) is not None:
+                implied[name] = "jwks"
+            elif config.static_tokens:
+                implied[name] = "static"
+    return replace(config, **implied) if implied else config
 
 
 def _conflicts(config: Config, origins: Mapping[str, str]) -> Iterator[str]:
@@ -652,12 +736,21 @@ def _conflicts(config: Config, origins: Mapping[str, str]) -> Iterator[str]:
     for name in ("producer_auth_provider", "worker_auth_provider"):
         if getattr(config, name) == "static" and not config.static_tokens:
             yield problem(name, "'static' needs at least one token in staticTokens")
+    for name, url in _JWKS_URL_OF.items():
+        if getattr(config, name) == "jwks" and getattr(config, url) is None:
+            needed = _BY_NAME[url]
+            yield problem(name, f"'jwks' needs {needed.yaml_key} (env {needed.env})")
     if config.dev_mode and not _is_loopback(config.bind_address):
         yield problem(
             "bind_address",
             "dev mode (no producerAuthProvider/workerAuthProvider) listens on loopback only; "
             "configure auth to listen elsewhere",
         )
+    for scope in ("create", "claim", "admin_cleanup"):
+        rate, burst = f"rate_limit_{scope}_per_second", f"rate_limit_{scope}_burst"
+        if getattr(config, burst) and not getattr(config, rate):
+            rate_key = _BY_NAME[rate].yaml_key
+            yield problem(burst, f"has no effect while {rate_key} is 0 (no limit); set both")
     if config.env == "prod":
         yield from _prod_conflicts(config, plain)
 

@@ -14,14 +14,15 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from codeq.actors.base import Supervisor
+from codeq.actors.base import Actor, Supervisor
+from codeq.actors.janitor import Janitor
 from codeq.actors.mover import DelayedMover
 from codeq.actors.reaper import LeaseReaper
 from codeq.actors.scheduler import Scheduler
-from codeq.auth import Authenticator, StaticProvider
-from codeq.auth.dev import dev_claims, load_or_create_dev_token
+from codeq.auth.factory import Auth, build_auth
 from codeq.config import Config
 from codeq.domain import BackoffPolicy, RetryPolicy, Unavailable
+from codeq.ratelimit import Bucket, RateLimiter, Scope
 from codeq.service import Service, ServiceSettings
 from codeq.store.embedded import EmbeddedRedis
 from codeq.store.store import Store
@@ -38,6 +39,17 @@ def retry_policy(config: Config) -> RetryPolicy:
     )
 
 
+def rate_limits(config: Config) -> dict[Scope, Bucket | None]:
+    """The configured token bucket of each rate-limit scope (None: no limit)."""
+    return {
+        scope: Bucket.configured(
+            getattr(config, f"rate_limit_{scope.value}_per_second"),
+            getattr(config, f"rate_limit_{scope.value}_burst"),
+        )
+        for scope in Scope
+    }
+
+
 class Daemon:
     """One codeq process: its store connection, actors and transports."""
 
@@ -48,8 +60,10 @@ class Daemon:
         self.store: Store | None = None
         self.supervisor: Supervisor | None = None
         self.service: Service | None = None
+        self.limiter: RateLimiter | None = None
         self.transports: list[Transport] = []
         self.addresses: list[str] = []
+        self.auth: Auth | None = None
         self.dev_token: str | None = None
         self._stop = asyncio.Event()
 
@@ -71,7 +85,16 @@ class Daemon:
         scheduler = Scheduler(redis, self.origin)
         mover = DelayedMover(self.store, scheduler)
         reaper = LeaseReaper(self.store, scheduler, retry)
-        self.supervisor = Supervisor([scheduler, mover, reaper])
+        actors: list[Actor] = [scheduler, mover, reaper]
+        if config.janitor_interval_seconds > 0:
+            actors.append(
+                Janitor(
+                    self.store,
+                    interval_seconds=config.janitor_interval_seconds,
+                    retention_seconds=config.retention_seconds,
+                )
+            )
+        self.supervisor = Supervisor(actors)
         self.supervisor.start()
         self.service = Service(
             self.store,
@@ -82,9 +105,16 @@ class Daemon:
                 default_lease_seconds=config.default_lease_seconds,
                 max_attempts_default=config.max_attempts_default,
                 retry=retry,
+                retention_seconds=config.retention_seconds,
             ),
         )
-        context = TransportContext(self.service, self._authenticator(), config, self.readiness)
+        self.limiter = RateLimiter(self.store, rate_limits(config))
+        self.auth = build_auth(config)
+        self.dev_token = self.auth.dev_token
+        await self.auth.start()
+        context = TransportContext(
+            self.service, self.auth.authenticator, config, self.readiness, self.limiter
+        )
         for name in config.transports:
             transport = load_transport(name)(context)
             self.addresses += await transport.start()
@@ -127,21 +157,6 @@ class Daemon:
 
     def _store_label(self) -> str:
         return "embedded" if self.embedded else "external"
-
-    def _authenticator(self) -> Authenticator:
-        config = self.config
-        if config.dev_mode:
-            self.dev_token = load_or_create_dev_token(config.state_directory())
-            tokens = {self.dev_token: dev_claims(config.worker_audience)}
-        else:
-            tokens = {t.token: dict(t.claims) for t in config.static_tokens}
-        provider = StaticProvider(tokens)
-        return Authenticator(
-            provider,
-            provider,
-            worker_audience=config.worker_audience,
-            allow_producer_as_worker=config.allow_producer_as_worker,
-        )
 
     # ------------------------------------------------------------ health
 
@@ -202,6 +217,8 @@ class Daemon:
         for transport in self.transports:
             await transport.drain(self.config.shutdown_grace_seconds)
         self.transports.clear()
+        if self.auth is not None:
+            await self.auth.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
         if self.store is not None:

@@ -82,6 +82,15 @@ class Unavailable(CodeqError):
     """The store cannot be reached; the client may retry."""
 
 
+class TooManyRequests(CodeqError):
+    """The caller's rate limit for this operation is spent; it may retry after
+    `retry_after` whole seconds."""
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, **extra, retryAfterSeconds=retry_after)
+        self.retry_after = retry_after
+
+
 # ---------------------------------------------------------------- identity
 
 
@@ -201,11 +210,13 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class NackOutcome:
-    """What a nack did: requeued after a delay, or dead-lettered."""
+    """What a nack did: requeued after a delay, dead-lettered, or -- when the task's
+    cancel was requested -- ended it as CANCELLED."""
 
     dead_lettered: bool
     delay_seconds: int
     command: str = ""
+    cancelled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,82 @@ class HistoryEntry:
     at_ms: int
     event: str
     detail: dict[str, Any]
+
+
+# ---------------------------------------------------------------- admin
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """The counts of one queue (tenant, command), codeQ's QueueStats plus `paused`."""
+
+    command: str
+    ready: int
+    delayed: int
+    in_progress: int
+    dlq: int
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DlqPosition:
+    """A place in a DLQ, which is ordered by dead-letter time (ms), then task ID."""
+
+    score: int
+    task_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DlqQuery:
+    """Which dead-lettered tasks to list: after `cursor`, whose error text contains
+    `error` (case-insensitive), dead-lettered at least `older_than_seconds` ago and at
+    most `newer_than_seconds` ago."""
+
+    limit: int = 100
+    cursor: DlqPosition | None = None
+    error: str | None = None
+    older_than_seconds: int | None = None
+    newer_than_seconds: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A dead-lettered task and when it was dead-lettered."""
+
+    task: Task
+    dead_lettered_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DlqPage:
+    """One page of a DLQ listing; `next_cursor` is None at the end."""
+
+    items: list[DeadLetter]
+    next_cursor: DlqPosition | None
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveRequest:
+    """Which dead-lettered tasks to move back to ready: the named `ids`, or up to
+    `limit` whose error contains `error`, or up to `limit` of all; at most
+    `rate_per_second` per second; `dry_run` reports without moving."""
+
+    ids: tuple[str, ...] = ()
+    error: str | None = None
+    all: bool = False
+    limit: int = 100
+    rate_per_second: float | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveOutcome:
+    """What a redrive moved (or, in a dry run, would move) and which ids it skipped
+    because they were not in the DLQ."""
+
+    ids: list[str]
+    skipped: list[str]
+    dry_run: bool
 
 
 def clamp_priority(priority: int) -> int:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from codeq.admin import Admin
 from codeq.domain import (
     TASK_ID_RE,
     ClaimRequest,
@@ -48,6 +49,7 @@ class ServiceSettings:
     max_attempts_default: int = 5
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_heartbeat_extend_seconds: int = 300
+    retention_seconds: int = 86_400
 
 
 class Service:
@@ -67,6 +69,12 @@ class Service:
         self.reaper = reaper
         self.settings = settings
         self.draining = False
+        self.admin = Admin(
+            store,
+            scheduler,
+            retention_seconds=settings.retention_seconds,
+            stopping=lambda: self.draining,
+        )
 
     # ------------------------------------------------------------ producers
 
@@ -112,6 +120,14 @@ class Service:
         if task is None:
             raise NotFound("task not found")
         return task, result
+
+    async def cancel(self, who: Principal, task_id: str, reason: str = "") -> tuple[Task, bool]:
+        """Cancels a PENDING or delayed task at once, or asks the holder of an
+        IN_PROGRESS one to stop (its nack, abandon or lease expiry then ends it as
+        CANCELLED). Returns the task and whether it is CANCELLED now."""
+        return await self.store.cancel(
+            self._tag_for(who, task_id), task_id, by=who.subject, reason=reason, now_ms=now_ms()
+        )
 
     async def history(self, who: Principal, task_id: str) -> list[HistoryEntry]:
         tag = self._tag_for(who, task_id)
@@ -211,18 +227,23 @@ class Service:
             reason=reason,
             now_ms=now,
         )
-        if not outcome.dead_lettered:
+        if not outcome.dead_lettered and not outcome.cancelled:
             if outcome.delay_seconds > 0:
                 self.mover.due_at(now + outcome.delay_seconds * 1000)
             else:
                 self.scheduler.became_ready(tag, outcome.command)
         return outcome
 
-    async def abandon(self, who: Principal, task_id: str, proof: LeaseProof) -> None:
+    async def abandon(self, who: Principal, task_id: str, proof: LeaseProof) -> str:
+        """Gives a task back; returns "requeued", or "cancelled" when its cancel was
+        requested."""
         _require_scope(who, "codeq:abandon")
         tag = self._tag_for(who, task_id)
         command = await self.store.abandon(tag, task_id, proof, now_ms=now_ms())
+        if command is None:
+            return "cancelled"
         self.scheduler.became_ready(tag, command)
+        return "requeued"
 
     async def submit_result(
         self, who: Principal, task_id: str, proof: LeaseProof, submission: ResultSubmission

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from codeq.auth import Authenticator
 from codeq.config import Config
+from codeq.ratelimit import RateLimiter
 from codeq.service import Service
 
 ENTRY_POINT_GROUP = "codeq.transports"
@@ -22,12 +23,13 @@ ENTRY_POINT_GROUP = "codeq.transports"
 @dataclass(frozen=True, slots=True)
 class TransportContext:
     """What a transport gets: the service to call, the authenticator, the config,
-    and a readiness probe."""
+    a readiness probe, and the per-token rate limiter (None: no limits)."""
 
     service: Service
     auth: Authenticator
     config: Config
     readiness: Callable[[], Awaitable[dict[str, Any]]]
+    limiter: RateLimiter | None = None
 
 
 class Transport(Protocol):

@@ -4,6 +4,8 @@ validate identically. Errors name the field and the problem."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -16,12 +18,20 @@ from codeq.domain import (
     MAX_DELAY_SECONDS,
     MAX_LEASE_SECONDS,
     MAX_WAIT_SECONDS,
+    TASK_ID_RE,
     Artifact,
     ClaimRequest,
+    DeadLetter,
+    DlqPage,
+    DlqPosition,
+    DlqQuery,
     HistoryEntry,
     Invalid,
     NackOutcome,
     NewTask,
+    QueueStats,
+    RedriveOutcome,
+    RedriveRequest,
     Result,
     ResultSubmission,
     Status,
@@ -51,6 +61,13 @@ HEARTBEAT_FIELDS = frozenset({"extendSeconds", "leaseToken"})
 NACK_FIELDS = frozenset({"delaySeconds", "reason", "leaseToken"})
 ABANDON_FIELDS = frozenset({"leaseToken"})
 RESULT_FIELDS = frozenset({"status", "result", "error", "artifacts", "leaseToken"})
+CANCEL_FIELDS = frozenset({"reason"})
+CLEANUP_FIELDS = frozenset({"limit", "before"})
+REDRIVE_FIELDS = frozenset({"ids", "error", "all", "limit", "ratePerSecond", "dryRun"})
+DLQ_QUERY_FIELDS = frozenset({"cursor", "limit", "error", "olderThanSeconds", "newerThanSeconds"})
+MAX_CLEANUP_LIMIT = 10_000
+MAX_REDRIVE = 10_000
+MAX_DLQ_PAGE = 1000
 MAX_TEXT = 4096
 
 
@@ -259,7 +276,10 @@ def task_to_wire(task: Task, *, with_lease_token: bool = False) -> dict[str, Any
         "idempotencyKey": task.idempotency_key,
         "traceParent": task.trace_parent,
         "traceState": task.trace_state,
-        "retryReason": task.extra.get("retryReason"),
+        "retryReason": task.extra.get("retryReason") or None,
+        "lastError": task.extra.get("lastError") or None,
+        "redriveCount": int(task.extra["redriveCount"]) if task.extra.get("redriveCount") else None,
+        "cancelRequested": True if task.cancel_requested else None,
     }
     if with_lease_token:
         optional["leaseToken"] = task.lease_token
@@ -281,6 +301,8 @@ def result_to_wire(result: Result) -> dict[str, Any]:
 def nack_to_wire(outcome: NackOutcome) -> dict[str, Any]:
     if outcome.dead_lettered:
         return {"status": "dead_lettered", "error": "MAX_ATTEMPTS"}
+    if outcome.cancelled:
+        return {"status": "cancelled"}
     return {"status": "requeued", "delaySeconds": outcome.delay_seconds}
 
 
@@ -298,3 +320,137 @@ def history_to_wire(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
                 detail[name] = rfc3339(int(value))
         out.append({"at": rfc3339(entry.at_ms), "event": entry.event, **detail})
     return out
+
+
+# ------------------------------------------------------------ cancel and admin
+
+
+def parse_cancel(body: Body) -> str:
+    """The optional reason of a cancel, kept in the task's history."""
+    return _text(body, "reason", max_len=1024) or ""
+
+
+def parse_cleanup(body: Body) -> tuple[int, int | None]:
+    """The limit (default 1000) and the cutoff (epoch ms; None = the retention
+    default) of an admin cleanup."""
+    limit = _int(body, "limit", 1, MAX_CLEANUP_LIMIT)
+    return (1000 if limit is None else limit), _time_ms(body, "before")
+
+
+def _bool(body: Body, name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise Invalid(f"{name} must be true or false", field=name)
+    return value
+
+
+def parse_redrive(body: Body) -> RedriveRequest:
+    """Exactly one of `ids`, `error` or `all: true` says which tasks move."""
+    ids = body.get("ids")
+    if ids is not None:
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise Invalid("ids must be a list of task ids", field="ids")
+        if not 1 <= len(ids) <= MAX_REDRIVE:
+            raise Invalid(f"ids must name 1 to {MAX_REDRIVE} tasks", field="ids")
+        for task_id in ids:
+            if not TASK_ID_RE.match(task_id):
+                raise Invalid(f"ids: invalid task id {task_id!r}", field="ids")
+    error = _text(body, "error", max_len=1024)
+    every = _bool(body, "all")
+    chosen = [name for name, given in (("ids", ids), ("error", error), ("all", every)) if given]
+    if len(chosen) != 1:
+        raise Invalid(
+            "give exactly one of ids, error or all: true"
+            + (f" (got {', '.join(chosen)})" if chosen else ""),
+            field=chosen[-1] if chosen else "ids",
+        )
+    limit = _int(body, "limit", 1, MAX_REDRIVE)
+    return RedriveRequest(
+        ids=tuple(ids or ()),
+        error=error,
+        all=every,
+        limit=100 if limit is None else limit,
+        rate_per_second=_number(body, "ratePerSecond", 0.1, 100_000),
+        dry_run=_bool(body, "dryRun"),
+    )
+
+
+def _query_int(query: Mapping[str, str], name: str, lo: int, hi: int) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise Invalid(f"{name} must be an integer, got {raw!r}", field=name) from None
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    return value
+
+
+def parse_dlq_query(query: Mapping[str, str]) -> DlqQuery:
+    """The query string of a DLQ listing: cursor, limit (100, at most 1000), error,
+    olderThanSeconds, newerThanSeconds."""
+    limit = _query_int(query, "limit", 1, MAX_DLQ_PAGE)
+    error = query.get("error") or None
+    if error is not None and len(error) > 1024:
+        raise Invalid("error must be at most 1024 characters", field="error")
+    return DlqQuery(
+        limit=100 if limit is None else limit,
+        cursor=decode_cursor(query["cursor"]) if query.get("cursor") else None,
+        error=error,
+        older_than_seconds=_query_int(query, "olderThanSeconds", 0, 100 * 365 * 86_400),
+        newer_than_seconds=_query_int(query, "newerThanSeconds", 0, 100 * 365 * 86_400),
+    )
+
+
+def encode_cursor(position: DlqPosition | None) -> str | None:
+    """An opaque, URL-safe cursor for a DLQ position."""
+    if position is None:
+        return None
+    raw = f"{position.score}:{position.task_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> DlqPosition:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        score, _, task_id = raw.partition(":")
+        position = DlqPosition(int(score), task_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Invalid("cursor is not one this server returned", field="cursor") from None
+    if position.score < 0 or not TASK_ID_RE.match(position.task_id):
+        raise Invalid("cursor is not one this server returned", field="cursor")
+    return position
+
+
+def stats_to_wire(stats: QueueStats) -> dict[str, Any]:
+    """codeQ's QueueStats, plus `paused`."""
+    return {
+        "command": stats.command,
+        "ready": stats.ready,
+        "delayed": stats.delayed,
+        "inProgress": stats.in_progress,
+        "dlq": stats.dlq,
+        "paused": stats.paused,
+    }
+
+
+def dead_letter_to_wire(item: DeadLetter) -> dict[str, Any]:
+    return {**task_to_wire(item.task), "deadLetteredAt": rfc3339(item.dead_lettered_at_ms)}
+
+
+def dlq_page_to_wire(page: DlqPage) -> dict[str, Any]:
+    return {
+        "tasks": [dead_letter_to_wire(item) for item in page.items],
+        "nextCursor": encode_cursor(page.next_cursor),
+    }
+
+
+def redrive_to_wire(outcome: RedriveOutcome) -> dict[str, Any]:
+    return {
+        "redriven": len(outcome.ids),
+        "ids": outcome.ids,
+        "skipped": outcome.skipped,
+        "dryRun": outcome.dry_run,
+    }

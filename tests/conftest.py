@@ -37,6 +37,14 @@ ALL_SCOPES = "codeq:claim codeq:heartbeat codeq:abandon codeq:nack codeq:result 
 # name -> (token, claims). Tenants: "acme" and "globex".
 TOKENS: dict[str, tuple[str, dict[str, Any]]] = {
     "producer": ("test-producer-token-acme-0001", {"sub": "svc-a", "tenantId": "acme"}),
+    "admin": (
+        "test-admin-token-acme-000001",
+        {"sub": "ops-1", "tenantId": "acme", "role": "ADMIN"},
+    ),
+    "admin_globex": (
+        "test-admin-token-globex-00001",
+        {"sub": "ops-g", "tenantId": "globex", "role": "ADMIN"},
+    ),
     "worker": (
         "test-worker-token-acme-000001",
         {

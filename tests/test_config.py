@@ -334,6 +334,54 @@ def test_static_token_claims_need_sub(tmp_path: Path) -> None:
     assert TOKEN not in message
 
 
+# ---------------------------------------------------------------- jwks auth
+
+
+def test_jwks_settings_are_read_from_codeq_env_names() -> None:
+    """The JWKS settings come from codeQ's environment variable names."""
+    environ = {
+        "PRODUCER_AUTH_PROVIDER": "jwks",
+        "WORKER_AUTH_PROVIDER": "jwks",
+        "IDENTITY_JWKS_URL": "https://id.example/.well-known/jwks.json",
+        "IDENTITY_ISSUER": "https://id.example",
+        "IDENTITY_AUDIENCE": "codeq-api",
+        "WORKER_JWKS_URL": "file:///etc/codeq/jwks.json",
+        "WORKER_ISSUER": "https://workers.example",
+        "WORKER_AUDIENCE": "my-workers",
+        "ALLOWED_CLOCK_SKEW_SECONDS": "5",
+        "JWKS_REFETCH_INTERVAL_SECONDS": "0.5",
+    }
+    config = load_config(environ=environ)
+    assert (config.producer_auth_provider, config.worker_auth_provider) == ("jwks", "jwks")
+    assert config.identity_jwks_url == "https://id.example/.well-known/jwks.json"
+    assert (config.identity_issuer, config.identity_audience) == ("https://id.example", "codeq-api")
+    assert config.worker_jwks_url == "file:///etc/codeq/jwks.json"
+    assert config.worker_issuer == "https://workers.example"
+    assert config.worker_audience == "my-workers"
+    assert (config.allowed_clock_skew_seconds, config.jwks_refetch_interval_seconds) == (5, 0.5)
+
+
+def test_jwks_provider_without_its_url_fails() -> None:
+    """A jwks provider without its JWKS URL names the provider key and the missing URL."""
+    message = load_error(environ={"WORKER_AUTH_PROVIDER": "jwks"})
+    assert message.startswith("config key 'workerAuthProvider' (env WORKER_AUTH_PROVIDER)")
+    assert "workerJwksUrl (env WORKER_JWKS_URL)" in message
+
+
+def test_jwks_url_implies_the_jwks_provider() -> None:
+    """A JWKS URL with its provider left unset makes that provider jwks."""
+    config = load_config(environ={"IDENTITY_JWKS_URL": "https://id.example/jwks.json"})
+    assert (config.producer_auth_provider, config.worker_auth_provider) == ("jwks", None)
+    assert not config.dev_mode
+
+
+def test_bad_jwks_url_is_refused() -> None:
+    """A JWKS URL that is not https://, http:// or an absolute file:// path is refused."""
+    for url in ("ftp://id.example/jwks", "id.example/jwks.json", "file://relative/jwks.json"):
+        message = load_error(environ={"IDENTITY_JWKS_URL": url})
+        assert "'identityJwksUrl' (env IDENTITY_JWKS_URL)" in message
+
+
 # ---------------------------------------------------------------- secrets
 
 

@@ -25,7 +25,7 @@ async def test_lua_key_names_match_python(redis: Redis) -> None:
     names = await run_lib(
         redis,
         "return {k_task('x'), k_result('x'), k_hist('x'), k_ready('A', 3), k_inprog('A'),"
-        " k_delayed('A'), k_dlq('A'), K_CMDS, K_PAUSED, K_RET, TAG}",
+        " k_delayed('A'), k_dlq('A'), K_CMDS, K_PAUSED, K_RET, TAG, k_idem('d')}",
     )
     assert names == [
         keys.task(TAG, "x"),
@@ -39,6 +39,7 @@ async def test_lua_key_names_match_python(redis: Redis) -> None:
         keys.paused(TAG),
         keys.retention(TAG),
         TAG,
+        keys.idempotency_by_digest(TAG, "d"),
     ]
 
 

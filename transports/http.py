@@ -12,7 +12,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from codeq import wire
+from codeq import metrics, wire
 from codeq.domain import (
     CodeqError,
     Conflict,
@@ -23,10 +23,12 @@ from codeq.domain import (
     NotFound,
     Principal,
     TooLarge,
+    TooManyRequests,
     Unauthenticated,
     Unavailable,
     rfc3339,
 )
+from codeq.ratelimit import Scope
 from codeq.transport import TransportContext
 
 log = structlog.get_logger("codeq.http")
@@ -46,7 +48,16 @@ _STATUS: dict[type[CodeqError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    TooManyRequests: 429,
     Unavailable: 503,
+}
+
+# The per-token rate limit (SPEC §6) of each route, by method and route path: a
+# route is limited by adding its line here.
+RATE_LIMITED: dict[tuple[str, str], Scope] = {
+    ("POST", f"{PREFIX}/tasks"): Scope.CREATE,
+    ("POST", f"{PREFIX}/tasks/claim"): Scope.CLAIM,
+    ("POST", f"{PREFIX}/admin/tasks/cleanup"): Scope.ADMIN_CLEANUP,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,6 +88,8 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
     except CodeqError as exc:
         response = json_response({"error": exc.message, **exc.extra}, _STATUS[type(exc)])
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[CTX].config.max_body_bytes
         response = json_response({"error": f"request body exceeds {limit} bytes"}, 413)
@@ -92,6 +105,37 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request_id
     return response
+
+
+@web.middleware
+async def rate_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Spends the bearer token's bucket for the route's scope (RATE_LIMITED) before the
+    handler runs; a spent bucket is a 429 and the handler never runs. Only a token
+    that authenticates as the route's kind is counted: any other goes on to the
+    handler's 401."""
+    ctx = request.app[CTX]
+    resource = request.match_info.route.resource
+    scope = RATE_LIMITED.get((request.method, resource.canonical)) if resource else None
+    token = _bearer(request)
+    if scope is None or ctx.limiter is None or token is None or not ctx.limiter.applies(scope):
+        return await handler(request)
+    try:
+        await _authenticator_for(ctx, scope)(token)
+    except CodeqError:
+        return await handler(request)
+    await ctx.limiter.enforce(token, scope)
+    return await handler(request)
+
+
+def _authenticator_for(
+    ctx: TransportContext, scope: Scope
+) -> Callable[[str | None], Awaitable[Principal]]:
+    """How the routes of a rate-limit scope authenticate their callers."""
+    if scope is Scope.CREATE:
+        return ctx.auth.producer
+    if scope is Scope.CLAIM:
+        return ctx.auth.worker
+    return ctx.auth.anyone
 
 
 async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
@@ -164,8 +208,8 @@ async def abandon(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await ctx.auth.worker(_bearer(request))
     body = await _body(request, wire.ABANDON_FIELDS)
-    await ctx.service.abandon(who, request.match_info["id"], _proof(request, who, body))
-    return _respond(request, {"status": "requeued"})
+    status = await ctx.service.abandon(who, request.match_info["id"], _proof(request, who, body))
+    return _respond(request, {"status": status})
 
 
 async def nack(request: web.Request) -> web.Response:
@@ -215,6 +259,85 @@ async def get_history(request: web.Request) -> web.Response:
     )
 
 
+async def cancel_task(request: web.Request) -> web.Response:
+    """200 and the CANCELLED task, or 202 when the task is leased and its holder is
+    asked to stop."""
+    ctx = request.app[CTX]
+    who = await ctx.auth.producer(_bearer(request))
+    reason = wire.parse_cancel(await _body(request, wire.CANCEL_FIELDS))
+    task, cancelled = await ctx.service.cancel(who, request.match_info["id"], reason)
+    if cancelled:
+        return _respond(request, wire.task_to_wire(task))
+    return _respond(request, {"status": "cancel_requested", "task": wire.task_to_wire(task)}, 202)
+
+
+# ------------------------------------------------------------ admin
+
+
+async def admin_queues(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    stats = await ctx.service.admin.queues(who)
+    return json_response([wire.stats_to_wire(s) for s in stats])
+
+
+async def admin_queue(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    stats = await ctx.service.admin.queue(who, request.match_info["command"])
+    return json_response(wire.stats_to_wire(stats))
+
+
+async def admin_pause(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    command = request.match_info["command"]
+    await ctx.service.admin.pause(who, command)
+    return json_response({"command": command, "paused": True})
+
+
+async def admin_resume(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    command = request.match_info["command"]
+    await ctx.service.admin.resume(who, command)
+    return json_response({"command": command, "paused": False})
+
+
+async def admin_purge(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    purged = await ctx.service.admin.purge(who, request.match_info["command"])
+    return json_response({"purged": purged})
+
+
+async def admin_dlq(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    unknown = wire.unknown_fields(request.query, wire.DLQ_QUERY_FIELDS)
+    if unknown:
+        request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
+    query = wire.parse_dlq_query(request.query)
+    page = await ctx.service.admin.dead_letters(who, request.match_info["command"], query)
+    return _respond(request, wire.dlq_page_to_wire(page))
+
+
+async def admin_redrive(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    req = wire.parse_redrive(await _body(request, wire.REDRIVE_FIELDS))
+    outcome = await ctx.service.admin.redrive(who, request.match_info["command"], req)
+    return _respond(request, wire.redrive_to_wire(outcome))
+
+
+async def admin_cleanup(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    limit, before = wire.parse_cleanup(await _body(request, wire.CLEANUP_FIELDS))
+    deleted, cutoff = await ctx.service.admin.cleanup(who, before_ms=before, limit=limit)
+    return _respond(request, {"deleted": deleted, "before": rfc3339(cutoff), "limit": limit})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -224,13 +347,19 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(report, 200 if report["status"] == "ready" else 503)
 
 
+async def metrics_exposition(request: web.Request) -> web.Response:
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def build_app(ctx: TransportContext) -> web.Application:
     app = web.Application(
-        middlewares=[errors_and_request_id], client_max_size=ctx.config.max_body_bytes
+        middlewares=[errors_and_request_id, rate_limits], client_max_size=ctx.config.max_body_bytes
     )
     app[CTX] = ctx
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_exposition)
     app.router.add_post(f"{PREFIX}/tasks", create_task)
     app.router.add_post(f"{PREFIX}/tasks/claim", claim_task)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/heartbeat", heartbeat)
@@ -240,6 +369,16 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get(f"{PREFIX}/tasks/{{id}}", get_task)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/result", get_result)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/history", get_history)
+    app.router.add_post(f"{PREFIX}/tasks/{{id}}/cancel", cancel_task)
+    admin = f"{PREFIX}/admin"
+    app.router.add_get(f"{admin}/queues", admin_queues)
+    app.router.add_get(f"{admin}/queues/{{command}}", admin_queue)
+    app.router.add_post(f"{admin}/queues/{{command}}/pause", admin_pause)
+    app.router.add_post(f"{admin}/queues/{{command}}/resume", admin_resume)
+    app.router.add_post(f"{admin}/queues/{{command}}/purge", admin_purge)
+    app.router.add_get(f"{admin}/queues/{{command}}/dlq", admin_dlq)
+    app.router.add_post(f"{admin}/queues/{{command}}/dlq/redrive", admin_redrive)
+    app.router.add_post(f"{admin}/tasks/cleanup", admin_cleanup)
     return app
 
 

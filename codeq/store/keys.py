@@ -12,7 +12,7 @@ Layout (``P`` = ``cq:{tag}:``)::
     P meta                   hash     tenant -> the tenant's name (for operators)
     P cmds                   set      commands that have ever had a task
     P paused                 set      commands whose claims are paused
-    P t:<id>                 hash     the task record
+    P t:<id>                 hash     the task record (idemDigest names its idempotency key)
     P res:<id>               string   the result JSON
     P h:<id>                 list     the task's bounded history (JSON entries)
     P q:<command>:<tier>     list     ready task IDs, tier 0..9; LPUSH new, RPOP oldest
@@ -22,8 +22,12 @@ Layout (``P`` = ``cq:{tag}:``)::
     P ret                    zset     terminal task IDs by terminal time (retention)
     P idem:<sha256(key)>     string   idempotency key -> task ID, with a TTL
 
+Outside any tenant (``D`` = 16 hex digits of the SHA-256 of a bearer token)::
+
+    cq:rl:{D}:<scope>        hash     a token bucket of one token and scope: tokens, at (ms)
+
 The Lua side builds the same names in ``scripts/lib.lua``; a test keeps the two
-in agreement.
+in agreement. ``scripts/ratelimit.lua`` gets its one key from here.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ import secrets
 PUBSUB_READY = "cq:ready"
 TENANTS = "cq:tenants"
 
+RATE_LIMIT_PREFIX = "cq:rl:"
+
 _TAG_LEN = 12
+_RATE_LIMIT_DIGEST_LEN = 16
 
 
 def tenant_tag(tenant: str) -> str:
@@ -102,7 +109,22 @@ def meta(tag: str) -> str:
 
 
 def idempotency(tag: str, key: str) -> str:
-    return f"{prefix(tag)}idem:{idempotency_digest(key)}"
+    return idempotency_by_digest(tag, idempotency_digest(key))
+
+
+def idempotency_by_digest(tag: str, digest: str) -> str:
+    """The idempotency key whose digest a task record keeps (``idemDigest``)."""
+    return f"{prefix(tag)}idem:{digest}"
+
+
+def rate_limit(token: str, scope: str) -> str:
+    """The token bucket of a bearer token for one scope (create, claim, ...).
+
+    The store sees a digest of the token, never the token; its own hash tag puts
+    the bucket in a slot of its own.
+    """
+    digest = hashlib.sha256(token.encode()).hexdigest()[:_RATE_LIMIT_DIGEST_LEN]
+    return f"{RATE_LIMIT_PREFIX}{{{digest}}}:{scope}"
 
 
 def idempotency_digest(key: str) -> str:

@@ -9,14 +9,37 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 _LIB = "lib.lua"
-NAMES = ("create", "claim", "heartbeat", "nack", "abandon", "result", "reap", "move_due")
+NAMES = (
+    "create",
+    "claim",
+    "heartbeat",
+    "nack",
+    "abandon",
+    "result",
+    "reap",
+    "move_due",
+    "cancel",
+    "stats",
+    "cleanup",
+    "pause",
+    "resume",
+    "purge",
+    "dlq_page",
+    "redrive",
+)
+# Scripts that do not work on a tenant: lib.lua (which reads KEYS[1] as a tenant
+# prefix) is not prepended, and KEYS[1] is whatever single key the script names.
+STANDALONE = ("ratelimit",)
 
 
 def source(name: str) -> str:
-    """The full text of a script: the shared library followed by the script itself."""
+    """The full text of a script: the shared library followed by the script itself
+    (the script alone when it is STANDALONE)."""
     folder = resources.files("codeq.store") / "scripts"
-    lib = (folder / _LIB).read_text()
-    return lib + "\n" + (folder / f"{name}.lua").read_text()
+    text = (folder / f"{name}.lua").read_text()
+    if name in STANDALONE:
+        return text
+    return (folder / _LIB).read_text() + "\n" + text
 
 
 class Scripts:
@@ -28,7 +51,7 @@ class Scripts:
 
     def __init__(self, redis: Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name)) for name in NAMES
+            name: redis.register_script(source(name)) for name in (*NAMES, *STANDALONE)
         }
 
     async def load(self, redis: Redis) -> None:
@@ -38,4 +61,6 @@ class Scripts:
             assert sha == script.sha, name
 
     async def __call__(self, name: str, prefix: str, *args: Any) -> Any:
+        """Runs a script with `prefix` as KEYS[1]: the tenant prefix, or a STANDALONE
+        script's own key."""
         return await self._scripts[name](keys=[prefix], args=args)

@@ -14,12 +14,16 @@ from redis.asyncio import Redis
 from codeq.domain import (
     Artifact,
     Conflict,
+    DeadLetter,
+    DlqPage,
+    DlqPosition,
     Forbidden,
     HistoryEntry,
     LeaseProof,
     NackOutcome,
     NewTask,
     NotFound,
+    QueueStats,
     Result,
     ResultSubmission,
     RetryPolicy,
@@ -101,6 +105,11 @@ def task_from_fields(fields: dict[str, str]) -> Task:
         cancel_requested=fields.get("cancelRequested") == "1",
         extra={k: v for k, v in fields.items() if k not in _TASK_FIELDS},
     )
+
+
+def _position(score: Any, task_id: str) -> DlqPosition | None:
+    """A DLQ position from a script reply; a negative score means the end."""
+    return DlqPosition(int(score), task_id) if int(score) >= 0 else None
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -296,14 +305,19 @@ class Store:
         )
         if reply[0] == "dead_lettered":
             return NackOutcome(dead_lettered=True, delay_seconds=0)
+        if reply[0] == "cancelled":
+            return NackOutcome(dead_lettered=False, delay_seconds=0, cancelled=True)
         if reply[0] != "requeued":
             raise _lease_error(reply[0])
         return NackOutcome(
             dead_lettered=False, delay_seconds=round(int(reply[1]) / 1000), command=reply[2]
         )
 
-    async def abandon(self, tag: str, task_id: str, proof: LeaseProof, *, now_ms: int) -> str:
-        """Gives a task back untouched, next in line; returns its command."""
+    async def abandon(
+        self, tag: str, task_id: str, proof: LeaseProof, *, now_ms: int
+    ) -> str | None:
+        """Gives a task back untouched, next in line; returns its command, or None when
+        the task's cancel was requested and it ended CANCELLED instead."""
         reply = await self._call(
             "abandon",
             tag,
@@ -314,6 +328,8 @@ class Store:
             self._history_limit,
             self.origin,
         )
+        if reply[0] == "cancelled":
+            return None
         if reply[0] != "requeued":
             raise _lease_error(reply[0])
         return str(reply[1])
@@ -375,6 +391,144 @@ class Store:
         """Makes due delayed tasks ready; returns their commands and the next due time."""
         reply = await self._call("move_due", tag, now_ms, batch, self.origin)
         return list(reply[2:]), (int(reply[1]) if int(reply[1]) >= 0 else None)
+
+    # ------------------------------------------------------------ cancel and admin
+
+    async def cancel(
+        self, tag: str, task_id: str, *, by: str, reason: str, now_ms: int
+    ) -> tuple[Task, bool]:
+        """Cancels a waiting task, or asks the holder of a leased one to stop. Returns
+        the task and whether it ended now (False: cancel requested)."""
+        reply = await self._call("cancel", tag, task_id, now_ms, by, reason, self._history_limit)
+        if reply[0] == "not_found":
+            raise NotFound("task not found")
+        if reply[0] == "terminal":
+            status = reply[1]
+            raise Conflict(f"task is already {status}", status=status)
+        return task_from_fields(_pairs(reply[1])), reply[0] == "cancelled"
+
+    async def queue_stats(self, tag: str, commands: Sequence[str] = ()) -> list[QueueStats]:
+        """The counts of the named queues (every queue of the tenant when none)."""
+        reply = await self._call("stats", tag, *commands)
+        return [
+            QueueStats(
+                command=row[0],
+                ready=int(row[1]),
+                delayed=int(row[2]),
+                in_progress=int(row[3]),
+                dlq=int(row[4]),
+                paused=bool(int(row[5])),
+            )
+            for row in reply
+        ]
+
+    async def cleanup(self, tag: str, *, before_ms: int, limit: int) -> tuple[int, bool]:
+        """Deletes up to `limit` terminal tasks that ended before `before_ms`; returns
+        how many it deleted and whether more may be past the cutoff."""
+        deleted, more = await self._call("cleanup", tag, before_ms, limit)
+        return int(deleted), bool(int(more))
+
+    async def pause(self, tag: str, command: str) -> None:
+        await self._call("pause", tag, command)
+
+    async def resume(self, tag: str, command: str) -> int:
+        """Lets claims take the command's tasks again; returns how many are ready."""
+        _, ready = await self._call("resume", tag, command, self.origin)
+        return int(ready)
+
+    async def purge(self, tag: str, command: str, *, limit: int) -> tuple[int, bool]:
+        """Deletes up to `limit` ready or delayed tasks of a command; returns how many
+        and whether more may remain."""
+        purged, more = await self._call("purge", tag, command, limit)
+        return int(purged), bool(int(more))
+
+    async def dlq_page(
+        self,
+        tag: str,
+        command: str,
+        *,
+        start: DlqPosition,
+        max_score: int | None,
+        needle: str,
+        limit: int,
+        budget: int,
+    ) -> DlqPage:
+        """Up to `limit` dead-lettered tasks after `start` (exclusive; an empty task ID
+        starts at its score), dead-lettered at or before `max_score`, whose error
+        contains `needle` (lowercase), looking at no more than `budget` entries."""
+        reply = await self._call(
+            "dlq_page",
+            tag,
+            command,
+            start.score,
+            start.task_id,
+            "+inf" if max_score is None else max_score,
+            needle,
+            limit,
+            budget,
+        )
+        items = [
+            DeadLetter(task_from_fields(_pairs(fields)), int(score)) for score, fields in reply[2:]
+        ]
+        return DlqPage(items, _position(reply[0], reply[1]))
+
+    async def redrive(
+        self,
+        tag: str,
+        command: str,
+        *,
+        ids: Sequence[str] = (),
+        scan: tuple[DlqPosition, str, int, int] | None = None,
+        dry_run: bool,
+        by: str,
+        now_ms: int,
+    ) -> tuple[list[str], list[str], DlqPosition | None]:
+        """Moves dead-lettered tasks back to ready: the named `ids`, or those a DLQ walk
+        finds (`scan` = start, error needle, most tasks, most entries to look at).
+        Returns the ids moved (or that would move, in a dry run), the ids skipped (not
+        in this DLQ) and, for a walk, where to continue (None at the end)."""
+        if scan is None:
+            mode: tuple[Any, ...] = ("ids", *ids)
+        else:
+            start, needle, want, budget = scan
+            mode = ("scan", start.score, start.task_id, needle, want, budget)
+        moved, skipped, score, task_id = await self._call(
+            "redrive",
+            tag,
+            command,
+            now_ms,
+            1 if dry_run else 0,
+            by,
+            self._history_limit,
+            self.origin,
+            *mode,
+        )
+        return list(moved), list(skipped), _position(score, task_id)
+
+    # ------------------------------------------------------------ rate limits
+
+    async def take_tokens(
+        self,
+        token: str,
+        scope: str,
+        *,
+        per_second: float,
+        burst: int,
+        cost: int = 1,
+        now_ms: int,
+    ) -> int | None:
+        """Takes `cost` tokens from the bucket of a bearer token and scope; None when
+        taken, else the milliseconds until enough tokens are there (nothing taken)."""
+        async with _reachable():
+            allowed, wait_ms = await self._scripts(
+                "ratelimit",
+                keys.rate_limit(token, scope),
+                now_ms,
+                per_second / 1000,
+                burst,
+                cost,
+            )
+        return None if int(allowed) else max(1, int(wait_ms))
 
     # ------------------------------------------------------------ reads
 

@@ -4,12 +4,14 @@
 --       7 idempotency digest ('' = none)  8 idempotency TTL ms  9 now ms
 --      10 visible-at ms (0 = ready now)  11 history limit  12 origin
 --      13 traceParent  14 traceState  15 tenant  16 idempotency key
+-- The record keeps the key's digest (idemDigest) so that retention cleanup and purge,
+-- which cannot hash in Lua, can delete the idempotency key with the task.
 -- Returns {'created', id} or {'existing', id, <task fields as HGETALL>}.
 local id, cmd, now, visible = ARGV[1], ARGV[2], tonumber(ARGV[9]), tonumber(ARGV[10])
 local limit = tonumber(ARGV[11])
 
 if ARGV[7] ~= '' then
-  local ikey = P .. 'idem:' .. ARGV[7]
+  local ikey = k_idem(ARGV[7])
   local existing = redis.call('GET', ikey)
   if existing then
     local fields = redis.call('HGETALL', k_task(existing))
@@ -22,7 +24,7 @@ local key = k_task(id)
 redis.call('HSET', key, 'id', id, 'command', cmd, 'payload', ARGV[3], 'priority', ARGV[4],
   'status', 'PENDING', 'attempts', 0, 'maxAttempts', ARGV[5], 'tenantId', ARGV[15],
   'createdAt', now, 'updatedAt', now, 'webhook', ARGV[6], 'traceParent', ARGV[13],
-  'traceState', ARGV[14], 'idempotencyKey', ARGV[16])
+  'traceState', ARGV[14], 'idempotencyKey', ARGV[16], 'idemDigest', ARGV[7])
 redis.call('SADD', K_CMDS, cmd)
 
 if visible > now then

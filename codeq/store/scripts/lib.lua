@@ -9,6 +9,7 @@ local function k_ready(cmd, tier) return P .. 'q:' .. cmd .. ':' .. tier end
 local function k_inprog(cmd) return P .. 'ip:' .. cmd end
 local function k_delayed(cmd) return P .. 'dl:' .. cmd end
 local function k_dlq(cmd) return P .. 'dlq:' .. cmd end
+local function k_idem(digest) return P .. 'idem:' .. digest end
 local K_CMDS = P .. 'cmds'
 local K_PAUSED = P .. 'paused'
 local K_RET = P .. 'ret'
@@ -98,4 +99,61 @@ local function retry_or_dead_letter(id, key, cmd, now, delay, reason, limit, ori
   end
   history(id, now, 'retry_scheduled', {reason = reason, delayMs = delay}, limit)
   return delay
+end
+
+-- Ends a task as CANCELLED: out of the lease and delay sets, terminal (retention
+-- index), with a `cancelled` timeline entry saying who and how.
+local function finish_cancelled(id, key, cmd, now, detail, limit)
+  redis.call('ZREM', k_inprog(cmd), id)
+  redis.call('ZREM', k_delayed(cmd), id)
+  redis.call('HSET', key, 'status', 'CANCELLED', 'leaseUntil', '', 'leaseToken', '',
+    'updatedAt', now, 'completedAt', now)
+  redis.call('ZADD', K_RET, now, id)
+  history(id, now, 'cancelled', detail, limit)
+end
+
+-- Deletes a task's record, result and timeline, and its idempotency key while that
+-- key still names this task (it may have expired and been reused since).
+local function delete_task(id, key, digest)
+  if digest and digest ~= '' then
+    local ikey = k_idem(digest)
+    if redis.call('GET', ikey) == id then redis.call('DEL', ikey) end
+  end
+  redis.call('DEL', key, k_result(id), k_hist(id))
+end
+
+-- Whether a dead-lettered task's error text (`error`, then `lastError`: the last nack
+-- reason or LEASE_EXPIRED) contains `needle`, which is lowercase; '' matches all.
+local function dlq_error_matches(id, needle)
+  if needle == '' then return true end
+  local f = redis.call('HMGET', k_task(id), 'error', 'lastError')
+  local text = string.lower((f[1] or '') .. '\n' .. (f[2] or ''))
+  return string.find(text, needle, 1, true) ~= nil
+end
+
+-- Walks a command's DLQ in dead-letter order (score, then id), starting after the
+-- position (from_score, from_id) -- from_id '' starts at from_score itself -- up to
+-- score `hi` (scores as ARGV strings: ms or '+inf'), collecting the entries whose
+-- error matches `needle`. Stops after `want` matches or `budget` entries looked at,
+-- so one call stays short on a huge DLQ. Returns the matches ({id, score} pairs) and
+-- the position of the last entry looked at, or nil, nil when the walk reached the
+-- end (a position is returned only when more entries follow it).
+local function dlq_scan(cmd, from_score, from_id, hi, needle, want, budget)
+  local key, found, looked, offset = k_dlq(cmd), {}, 0, 0
+  local from_n, last_score, last_id = tonumber(from_score), nil, nil
+  while true do
+    local items = redis.call('ZRANGEBYSCORE', key, from_score, hi, 'WITHSCORES',
+      'LIMIT', offset, 100)
+    for i = 1, #items, 2 do
+      local id, score = items[i], tonumber(items[i + 1])
+      if from_id == '' or score > from_n or id > from_id then
+        if #found >= want or looked >= budget then return found, last_score, last_id end
+        looked = looked + 1
+        last_score, last_id = score, id
+        if dlq_error_matches(id, needle) then found[#found + 1] = {id, score} end
+      end
+    end
+    if #items < 200 then return found, nil, nil end
+    offset = offset + 100
+  end
 end

@@ -1,0 +1,243 @@
+"""The operator's API: queue stats, pause / resume / purge, the DLQ (list, redrive)
+and retention cleanup. Every operation needs the admin claim and is scoped to the
+caller's tenant; the store does each state change in one script."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from codeq.domain import (
+    COMMAND_RE,
+    TASK_ID_RE,
+    DlqPage,
+    DlqPosition,
+    DlqQuery,
+    Forbidden,
+    Invalid,
+    Principal,
+    QueueStats,
+    RedriveOutcome,
+    RedriveRequest,
+)
+from codeq.store import keys
+
+if TYPE_CHECKING:
+    from codeq.actors.scheduler import Scheduler
+    from codeq.store.store import Store
+
+# Most tasks one script call deletes or moves, so no call blocks the store for long.
+BATCH = 1000
+# Most DLQ entries one call looks at when filtering by error text.
+SCAN_BUDGET = 5000
+# A paced redrive moves about this many batches a second, so the rate is smooth.
+PACED_BATCHES_PER_SECOND = 10
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def require_admin(who: Principal) -> None:
+    if not who.admin:
+        raise Forbidden("an admin token is required (role=ADMIN or admin=true)")
+
+
+def check_command(command: str) -> str:
+    """A command name from a URL path, checked like a create's `command`."""
+    if not COMMAND_RE.match(command):
+        raise Invalid("command may only contain letters, digits and _ . : -", field="command")
+    return command
+
+
+class Admin:
+    """Admin operations on the caller's tenant."""
+
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        *,
+        retention_seconds: int,
+        stopping: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.retention_ms = retention_seconds * 1000
+        self.stopping = stopping
+
+    # ------------------------------------------------------------ stats
+
+    async def queues(self, who: Principal) -> list[QueueStats]:
+        """Stats of every command of the caller's tenant, in one round trip."""
+        require_admin(who)
+        return await self.store.queue_stats(keys.tenant_tag(who.tenant))
+
+    async def queue(self, who: Principal, command: str) -> QueueStats:
+        """Stats of one command (zeros for a command never seen, as codeQ)."""
+        require_admin(who)
+        [stats] = await self.store.queue_stats(
+            keys.tenant_tag(who.tenant), [check_command(command)]
+        )
+        return stats
+
+    # ------------------------------------------------------------ pause, resume, purge
+
+    async def pause(self, who: Principal, command: str) -> None:
+        require_admin(who)
+        await self.store.pause(keys.tenant_tag(who.tenant), check_command(command))
+
+    async def resume(self, who: Principal, command: str) -> None:
+        require_admin(who)
+        tag = keys.tenant_tag(who.tenant)
+        if await self.store.resume(tag, check_command(command)):
+            self.scheduler.became_ready(tag, command)
+
+    async def purge(self, who: Principal, command: str) -> int:
+        """Deletes every ready and delayed task of the command, one bounded batch per
+        script call; in-progress and dead-lettered tasks stay."""
+        require_admin(who)
+        tag = keys.tenant_tag(who.tenant)
+        check_command(command)
+        total, more = 0, True
+        while more:
+            purged, more = await self.store.purge(tag, command, limit=BATCH)
+            total += purged
+        return total
+
+    # ------------------------------------------------------------ retention
+
+    async def cleanup(
+        self, who: Principal, *, before_ms: int | None, limit: int
+    ) -> tuple[int, int]:
+        """Deletes up to `limit` terminal tasks that ended before `before_ms` (default:
+        now minus the retention period), with their results, timelines, idempotency
+        keys and DLQ entries. Returns how many it deleted and the cutoff applied."""
+        require_admin(who)
+        tag = keys.tenant_tag(who.tenant)
+        before = _now_ms() - self.retention_ms if before_ms is None else before_ms
+        deleted = 0
+        while deleted < limit:
+            n, more = await self.store.cleanup(
+                tag, before_ms=before, limit=min(BATCH, limit - deleted)
+            )
+            deleted += n
+            if not more:
+                break
+        return deleted, before
+
+    # ------------------------------------------------------------ DLQ
+
+    async def dead_letters(self, who: Principal, command: str, query: DlqQuery) -> DlqPage:
+        """One page of the command's DLQ, oldest first. A page may hold fewer than
+        `limit` tasks when a filter is selective; the listing ends when the next
+        cursor is None."""
+        require_admin(who)
+        now = _now_ms()
+        lo = 0 if query.newer_than_seconds is None else now - query.newer_than_seconds * 1000
+        hi = None if query.older_than_seconds is None else now - query.older_than_seconds * 1000
+        start = DlqPosition(max(lo, 0), "")
+        cursor = query.cursor
+        if cursor is not None and cursor.score >= start.score:
+            start = cursor
+        if hi is not None and start.score > hi:
+            return DlqPage([], None)
+        return await self.store.dlq_page(
+            keys.tenant_tag(who.tenant),
+            check_command(command),
+            start=start,
+            max_score=hi,
+            needle=(query.error or "").lower(),
+            limit=query.limit,
+            budget=SCAN_BUDGET,
+        )
+
+    async def redrive(self, who: Principal, command: str, req: RedriveRequest) -> RedriveOutcome:
+        """Moves dead-lettered tasks back to ready with attempts reset, in batches of
+        one script call each, paced to `rate_per_second` when given."""
+        require_admin(who)
+        check_command(command)
+        for task_id in req.ids:
+            if not TASK_ID_RE.match(task_id):
+                raise Invalid(f"ids: invalid task id {task_id!r}", field="ids")
+        run = _Redrive(self, keys.tenant_tag(who.tenant), command, who.subject, req)
+        if req.ids:
+            await run.by_ids(list(dict.fromkeys(req.ids)))
+        else:
+            await run.by_scan("" if req.all else (req.error or "").lower())
+        return RedriveOutcome(ids=run.moved, skipped=run.skipped, dry_run=req.dry_run)
+
+
+class _Redrive:
+    """One redrive request: its batches, their pacing and what they moved."""
+
+    def __init__(self, admin: Admin, tag: str, command: str, by: str, req: RedriveRequest) -> None:
+        self.admin, self.tag, self.command, self.by, self.req = admin, tag, command, by, req
+        self.pacer = _Pacer(None if req.dry_run else req.rate_per_second)
+        self.moved: list[str] = []
+        self.skipped: list[str] = []
+
+    async def by_ids(self, ids: list[str]) -> None:
+        size = self.pacer.batch
+        for first in range(0, len(ids), size):
+            if not await self._next_batch():
+                return
+            await self._batch(ids=ids[first : first + size])
+
+    async def by_scan(self, needle: str) -> None:
+        start: DlqPosition | None = DlqPosition(0, "")
+        while start is not None and len(self.moved) < self.req.limit:
+            if not await self._next_batch():
+                return
+            want = min(self.pacer.batch, self.req.limit - len(self.moved))
+            start = await self._batch(scan=(start, needle, want, SCAN_BUDGET))
+
+    async def _next_batch(self) -> bool:
+        """Waits for the batch's turn; False when the daemon is shutting down."""
+        if self.admin.stopping():
+            return False
+        await self.pacer.wait(len(self.moved))
+        return True
+
+    async def _batch(
+        self, ids: list[str] | None = None, scan: tuple[DlqPosition, str, int, int] | None = None
+    ) -> DlqPosition | None:
+        moved, skipped, next_start = await self.admin.store.redrive(
+            self.tag,
+            self.command,
+            ids=ids or (),
+            scan=scan,
+            dry_run=self.req.dry_run,
+            by=self.by,
+            now_ms=_now_ms(),
+        )
+        if moved and not self.req.dry_run:
+            self.admin.scheduler.became_ready(self.tag, self.command)
+        self.moved += moved
+        self.skipped += skipped
+        return next_start
+
+
+class _Pacer:
+    """Spaces batches so that at most `rate` tasks a second move: about ten batches
+    a second, each started no earlier than its share of the rate allows."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.batch = (
+            BATCH
+            if rate is None
+            else max(1, min(BATCH, math.ceil(rate / PACED_BATCHES_PER_SECOND)))
+        )
+        self._started = asyncio.get_running_loop().time()
+
+    async def wait(self, done: int) -> None:
+        """Waits until `done` tasks are within the rate since the start."""
+        if self.rate is None or done == 0:
+            return
+        delay = self._started + done / self.rate - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
