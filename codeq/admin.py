@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from codeq.domain import (
     COMMAND_RE,
     TASK_ID_RE,
+    Callback,
     DlqPage,
     DlqPosition,
     DlqQuery,
@@ -127,7 +128,16 @@ class Admin:
             deleted += n
             if not more:
                 break
+        await self.store.prune_callbacks(tag, before_ms=before, limit=BATCH)
         return deleted, before
+
+    # ------------------------------------------------------------ result callbacks
+
+    async def abandoned_callbacks(self, who: Principal, limit: int) -> list[Callback]:
+        """The result callbacks given up on, newest first (kept for the retention
+        period): what a receiver never got, with the last error."""
+        require_admin(who)
+        return await self.store.abandoned_callbacks(keys.tenant_tag(who.tenant), limit=limit)
 
     # ------------------------------------------------------------ DLQ
 

@@ -272,6 +272,30 @@ class Names(Kind):
 
 
 @dataclass(frozen=True, slots=True)
+class Hosts(Kind):
+    """A list of host names or IP addresses (a YAML list, or comma-separated text)."""
+
+    metavar: ClassVar[str] = "HOST[,HOST…]"
+
+    def parse(self, value: object, text: bool) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        if text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise _Invalid("must be a list of host names or IP addresses")
+        hosts: list[str] = []
+        for host in value:
+            if not isinstance(host, str) or not (_is_ip(host) or _HOSTNAME_RE.fullmatch(host)):
+                raise _Invalid(f"must be a list of host names or IP addresses, got {host!r}")
+            hosts.append(host.lower())
+        return tuple(dict.fromkeys(hosts))
+
+    def show(self, value: Any) -> Any:
+        return list(value)
+
+
+@dataclass(frozen=True, slots=True)
 class StaticTokens(Kind):
     """A YAML mapping of bearer token -> claims (with at least a `sub`)."""
 
@@ -478,6 +502,51 @@ class Config:
     )
     rate_limit_admin_cleanup_burst: int = setting(
         0, _BURST, "admin cleanups a token may make at once; 0 = one second's worth"
+    )
+    webhook_hmac_secret: str | None = setting(
+        None, Text(), "signs every webhook (X-CodeQ-Signature); unset = unsigned", secret=True
+    )
+    webhook_allowed_hosts: tuple[str, ...] = setting(
+        (), Hosts(), "webhook hosts or addresses let through the private-address guard"
+    )
+    result_webhook_max_attempts: int = setting(
+        5, Integer(1, 100), "delivery attempts of a result callback before it is abandoned"
+    )
+    result_webhook_base_backoff_seconds: float = setting(
+        2.0, Number(0, 3600), "wait after a result callback's first failed attempt (doubling)"
+    )
+    result_webhook_max_backoff_seconds: float = setting(
+        60.0, Number(0, 86_400), "longest wait between result callback attempts"
+    )
+    result_webhook_timeout_seconds: float = setting(
+        5.0, Number(0.1, 300), "time limit of one result callback request"
+    )
+    result_webhook_concurrency: int = setting(
+        16, Integer(1, 10_000), "result callbacks delivered at once per daemon"
+    )
+    webhook_breaker_threshold: int = setting(
+        5, Integer(1, 10_000), "consecutive failures that open a host's circuit breaker"
+    )
+    webhook_breaker_cooldown_seconds: float = setting(
+        30.0, Number(0, 86_400), "how long an open breaker defers a host's callbacks"
+    )
+    notify_timeout_seconds: float = setting(
+        2.0, Number(0.1, 60), "time limit of one work-available notification"
+    )
+    notify_concurrency: int = setting(
+        16, Integer(1, 10_000), "work-available notifications sent at once per daemon"
+    )
+    subscription_default_ttl_seconds: int = setting(
+        300, Integer(1, WEEK_SECONDS), "lifetime of a subscription without ttlSeconds"
+    )
+    subscription_max_ttl_seconds: int = setting(
+        86_400, Integer(1, WEEK_SECONDS), "longest ttlSeconds a subscription may ask for"
+    )
+    subscription_min_interval_floor_seconds: float = setting(
+        1.0, Number(0, 86_400), "smallest minIntervalSeconds a subscription gets"
+    )
+    subscription_cleanup_interval_seconds: float = setting(
+        60.0, Number(0.1, 86_400), "longest wait between subscription cleaner sweeps"
     )
 
     @property
@@ -751,6 +820,15 @@ def _conflicts(config: Config, origins: Mapping[str, str]) -> Iterator[str]:
         if getattr(config, burst) and not getattr(config, rate):
             rate_key = _BY_NAME[rate].yaml_key
             yield problem(burst, f"has no effect while {rate_key} is 0 (no limit); set both")
+    if config.result_webhook_base_backoff_seconds > config.result_webhook_max_backoff_seconds:
+        yield problem(
+            "result_webhook_base_backoff_seconds",
+            "must not exceed resultWebhookMaxBackoffSeconds",
+        )
+    if config.subscription_default_ttl_seconds > config.subscription_max_ttl_seconds:
+        yield problem(
+            "subscription_default_ttl_seconds", "must not exceed subscriptionMaxTtlSeconds"
+        )
     if config.env == "prod":
         yield from _prod_conflicts(config, plain)
 

@@ -15,8 +15,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from codeq.actors.base import Actor, Supervisor
+from codeq.actors.cleaner import SubscriptionCleaner
+from codeq.actors.dispatcher import CallbackDispatcher
 from codeq.actors.janitor import Janitor
 from codeq.actors.mover import DelayedMover
+from codeq.actors.notifier import Notifier
 from codeq.actors.reaper import LeaseReaper
 from codeq.actors.scheduler import Scheduler
 from codeq.auth.factory import Auth, build_auth
@@ -26,7 +29,11 @@ from codeq.ratelimit import Bucket, RateLimiter, Scope
 from codeq.service import Service, ServiceSettings
 from codeq.store.embedded import EmbeddedRedis
 from codeq.store.store import Store
+from codeq.subscriptions import SubscriptionSettings
 from codeq.transport import Transport, TransportContext, load_transport
+from codeq.webhooks.breaker import CircuitBreakers
+from codeq.webhooks.client import WebhookClient
+from codeq.webhooks.guard import UrlGuard
 
 log = structlog.get_logger("codeq.daemon")
 
@@ -37,6 +44,41 @@ def retry_policy(config: Config) -> RetryPolicy:
         base_ms=config.backoff_base_seconds * 1000,
         max_ms=config.backoff_max_seconds * 1000,
     )
+
+
+def subscription_settings(config: Config) -> SubscriptionSettings:
+    return SubscriptionSettings(
+        default_ttl_seconds=config.subscription_default_ttl_seconds,
+        max_ttl_seconds=config.subscription_max_ttl_seconds,
+        min_interval_floor_seconds=config.subscription_min_interval_floor_seconds,
+    )
+
+
+def webhook_actors(
+    config: Config, store: Store, scheduler: Scheduler, client: WebhookClient
+) -> tuple[Notifier, CallbackDispatcher, SubscriptionCleaner]:
+    """The three webhook actors: notifier, callback dispatcher, subscription cleaner."""
+    notifier = Notifier(
+        store,
+        client,
+        timeout=config.notify_timeout_seconds,
+        concurrency=config.notify_concurrency,
+    )
+    scheduler.on_queue_nonempty = notifier.queue_became_ready
+    dispatcher = CallbackDispatcher(
+        store,
+        client,
+        CircuitBreakers(config.webhook_breaker_threshold, config.webhook_breaker_cooldown_seconds),
+        max_attempts=config.result_webhook_max_attempts,
+        base_backoff_seconds=config.result_webhook_base_backoff_seconds,
+        max_backoff_seconds=config.result_webhook_max_backoff_seconds,
+        timeout=config.result_webhook_timeout_seconds,
+        concurrency=config.result_webhook_concurrency,
+    )
+    cleaner = SubscriptionCleaner(
+        store, scheduler, interval_seconds=config.subscription_cleanup_interval_seconds
+    )
+    return notifier, dispatcher, cleaner
 
 
 def rate_limits(config: Config) -> dict[Scope, Bucket | None]:
@@ -64,6 +106,7 @@ class Daemon:
         self.transports: list[Transport] = []
         self.addresses: list[str] = []
         self.auth: Auth | None = None
+        self.webhooks: WebhookClient | None = None
         self.dev_token: str | None = None
         self._stop = asyncio.Event()
 
@@ -85,7 +128,11 @@ class Daemon:
         scheduler = Scheduler(redis, self.origin)
         mover = DelayedMover(self.store, scheduler)
         reaper = LeaseReaper(self.store, scheduler, retry)
-        actors: list[Actor] = [scheduler, mover, reaper]
+        guard = UrlGuard(config.webhook_allowed_hosts)
+        self.webhooks = WebhookClient(secret=config.webhook_hmac_secret, guard=guard)
+        await self.webhooks.start()
+        notifier, dispatcher, cleaner = webhook_actors(config, self.store, scheduler, self.webhooks)
+        actors: list[Actor] = [scheduler, mover, reaper, notifier, dispatcher, cleaner]
         if config.janitor_interval_seconds > 0:
             actors.append(
                 Janitor(
@@ -106,7 +153,10 @@ class Daemon:
                 max_attempts_default=config.max_attempts_default,
                 retry=retry,
                 retention_seconds=config.retention_seconds,
+                subscriptions=subscription_settings(config),
             ),
+            guard=guard,
+            dispatcher=dispatcher,
         )
         self.limiter = RateLimiter(self.store, rate_limits(config))
         self.auth = build_auth(config)
@@ -221,6 +271,8 @@ class Daemon:
             await self.auth.aclose()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.webhooks is not None:
+            await self.webhooks.aclose()
         if self.store is not None:
             await self.store.close()
         if self.embedded is not None:

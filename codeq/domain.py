@@ -313,6 +313,63 @@ class RedriveOutcome:
     dry_run: bool
 
 
+# ---------------------------------------------------------------- webhooks
+
+
+class DeliveryMode(StrEnum):
+    """How a "work available" event picks the subscriptions it notifies."""
+
+    FANOUT = "fanout"  # every matching subscription
+    GROUP = "group"  # one per groupId, round-robin
+    HASH = "hash"  # one per groupId, deterministic per time bucket
+
+
+@dataclass(frozen=True, slots=True)
+class NewSubscription:
+    """A worker's request to be told when work is available, already validated
+    (except against the caller's token, which the service checks)."""
+
+    callback_url: str
+    event_types: tuple[str, ...] = ()  # () = the token's eventTypes
+    ttl_seconds: int | None = None
+    delivery_mode: DeliveryMode = DeliveryMode.FANOUT
+    group_id: str | None = None
+    min_interval_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A stored worker subscription."""
+
+    id: str
+    callback_url: str
+    event_types: tuple[str, ...]
+    delivery_mode: DeliveryMode
+    group_id: str | None
+    min_interval_seconds: float
+    expires_at_ms: int
+    created_at_ms: int
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """A result callback in the outbox: the webhook of a task that ended, with the
+    result record it carries and the attempts made so far."""
+
+    id: str
+    task_id: str
+    url: str
+    command: str
+    record: dict[str, Any]
+    attempts: int
+    created_at_ms: int
+    trace_parent: str | None = None
+    claim: str = ""
+    last_error: str | None = None
+    abandoned_at_ms: int | None = None
+
+
 def clamp_priority(priority: int) -> int:
     """Priorities outside 0..9 are clamped, as codeQ does."""
     return max(0, min(MAX_PRIORITY, priority))

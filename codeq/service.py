@@ -28,8 +28,11 @@ from codeq.domain import (
     Task,
 )
 from codeq.store import keys
+from codeq.subscriptions import Subscriptions, SubscriptionSettings
+from codeq.webhooks.guard import RefusedTarget, UrlGuard
 
 if TYPE_CHECKING:
+    from codeq.actors.dispatcher import CallbackDispatcher
     from codeq.actors.mover import DelayedMover
     from codeq.actors.reaper import LeaseReaper
     from codeq.actors.scheduler import Scheduler
@@ -50,6 +53,7 @@ class ServiceSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     default_heartbeat_extend_seconds: int = 300
     retention_seconds: int = 86_400
+    subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
 
 
 class Service:
@@ -62,13 +66,19 @@ class Service:
         mover: DelayedMover,
         reaper: LeaseReaper,
         settings: ServiceSettings,
+        *,
+        guard: UrlGuard | None = None,
+        dispatcher: CallbackDispatcher | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.mover = mover
         self.reaper = reaper
         self.settings = settings
+        self.guard = guard or UrlGuard()
+        self.dispatcher = dispatcher
         self.draining = False
+        self.subscriptions = Subscriptions(store, self.guard, settings.subscriptions)
         self.admin = Admin(
             store,
             scheduler,
@@ -80,6 +90,11 @@ class Service:
 
     async def create(self, who: Principal, new: NewTask) -> tuple[Task, bool]:
         """Creates a task; returns it and whether it is new (False: idempotent replay)."""
+        if new.webhook is not None:
+            try:
+                self.guard.check(new.webhook)
+            except RefusedTarget as exc:
+                raise Invalid(f"webhook refused: {exc}", field="webhook") from None
         tag = keys.tenant_tag(who.tenant)
         now = now_ms()
         visible = self._visible_at(new, now)
@@ -227,6 +242,8 @@ class Service:
             reason=reason,
             now_ms=now,
         )
+        if outcome.dead_lettered and self.dispatcher is not None:
+            self.dispatcher.callback_queued()
         if not outcome.dead_lettered and not outcome.cancelled:
             if outcome.delay_seconds > 0:
                 self.mover.due_at(now + outcome.delay_seconds * 1000)
@@ -249,9 +266,12 @@ class Service:
         self, who: Principal, task_id: str, proof: LeaseProof, submission: ResultSubmission
     ) -> Result:
         _require_scope(who, "codeq:result")
-        return await self.store.submit_result(
+        result, queued = await self.store.submit_result(
             self._tag_for(who, task_id), task_id, proof, submission, now_ms=now_ms()
         )
+        if queued and self.dispatcher is not None:
+            self.dispatcher.callback_queued()
+        return result
 
     # ------------------------------------------------------------ helpers
 

@@ -20,14 +20,17 @@ from codeq.domain import (
     MAX_WAIT_SECONDS,
     TASK_ID_RE,
     Artifact,
+    Callback,
     ClaimRequest,
     DeadLetter,
+    DeliveryMode,
     DlqPage,
     DlqPosition,
     DlqQuery,
     HistoryEntry,
     Invalid,
     NackOutcome,
+    NewSubscription,
     NewTask,
     QueueStats,
     RedriveOutcome,
@@ -35,6 +38,7 @@ from codeq.domain import (
     Result,
     ResultSubmission,
     Status,
+    Subscription,
     Task,
     clamp_priority,
     rfc3339,
@@ -65,6 +69,12 @@ CANCEL_FIELDS = frozenset({"reason"})
 CLEANUP_FIELDS = frozenset({"limit", "before"})
 REDRIVE_FIELDS = frozenset({"ids", "error", "all", "limit", "ratePerSecond", "dryRun"})
 DLQ_QUERY_FIELDS = frozenset({"cursor", "limit", "error", "olderThanSeconds", "newerThanSeconds"})
+SUBSCRIBE_FIELDS = frozenset(
+    {"callbackUrl", "eventTypes", "ttlSeconds", "deliveryMode", "groupId", "minIntervalSeconds"}
+)
+SUBSCRIPTION_HEARTBEAT_FIELDS = frozenset({"ttlSeconds"})
+CALLBACKS_QUERY_FIELDS = frozenset({"limit"})
+MAX_EVENT_TYPES = 100
 MAX_CLEANUP_LIMIT = 10_000
 MAX_REDRIVE = 10_000
 MAX_DLQ_PAGE = 1000
@@ -453,4 +463,71 @@ def redrive_to_wire(outcome: RedriveOutcome) -> dict[str, Any]:
         "ids": outcome.ids,
         "skipped": outcome.skipped,
         "dryRun": outcome.dry_run,
+    }
+
+
+# ------------------------------------------------------------ subscriptions
+
+
+def parse_subscribe(body: Body) -> NewSubscription:
+    url = _url(body, "callbackUrl")
+    if url is None:
+        raise Invalid("callbackUrl is required", field="callbackUrl")
+    types = body.get("eventTypes", [])
+    if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
+        raise Invalid("eventTypes must be a list of command names", field="eventTypes")
+    if len(types) > MAX_EVENT_TYPES:
+        raise Invalid(f"eventTypes may list at most {MAX_EVENT_TYPES} commands", field="eventTypes")
+    mode = _text(body, "deliveryMode", max_len=16) or DeliveryMode.FANOUT.value
+    if mode not in {m.value for m in DeliveryMode}:
+        raise Invalid(
+            f"deliveryMode must be one of fanout, group, hash, got {mode!r}", field="deliveryMode"
+        )
+    return NewSubscription(
+        callback_url=url,
+        event_types=tuple(types),
+        ttl_seconds=_int(body, "ttlSeconds", -(2**31), 2**31 - 1),
+        delivery_mode=DeliveryMode(mode),
+        group_id=_text(body, "groupId", max_len=128),
+        min_interval_seconds=_number(body, "minIntervalSeconds", 0, 86_400),
+    )
+
+
+def parse_subscription_ttl(body: Body) -> int | None:
+    return _int(body, "ttlSeconds", -(2**31), 2**31 - 1)
+
+
+def subscription_to_wire(sub: Subscription) -> dict[str, Any]:
+    """codeQ's answer ({subscriptionId, expiresAt}) plus the stored subscription."""
+    wire: dict[str, Any] = {
+        "subscriptionId": sub.id,
+        "expiresAt": rfc3339(sub.expires_at_ms),
+        "id": sub.id,
+        "callbackUrl": sub.callback_url,
+        "eventTypes": list(sub.event_types),
+        "deliveryMode": sub.delivery_mode.value,
+        "minIntervalSeconds": sub.min_interval_seconds,
+        "createdAt": rfc3339(sub.created_at_ms),
+        "workerId": sub.worker_id,
+    }
+    if sub.group_id:
+        wire["groupId"] = sub.group_id
+    return wire
+
+
+def parse_callbacks_limit(query: Mapping[str, str]) -> int:
+    return _query_int(query, "limit", 1, MAX_DLQ_PAGE) or 100
+
+
+def callback_to_wire(callback: Callback) -> dict[str, Any]:
+    return {
+        "id": callback.id,
+        "taskId": callback.task_id,
+        "url": callback.url,
+        "command": callback.command,
+        "status": callback.record.get("status"),
+        "attempts": callback.attempts,
+        "lastError": callback.last_error,
+        "createdAt": rfc3339(callback.created_at_ms),
+        "abandonedAt": rfc3339(callback.abandoned_at_ms),
     }

@@ -271,6 +271,40 @@ async def cancel_task(request: web.Request) -> web.Response:
     return _respond(request, {"status": "cancel_requested", "task": wire.task_to_wire(task)}, 202)
 
 
+# ------------------------------------------------------------ subscriptions
+
+
+async def create_subscription(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    new = wire.parse_subscribe(await _body(request, wire.SUBSCRIBE_FIELDS))
+    subscription = await ctx.service.subscriptions.subscribe(who, new)
+    return _respond(request, wire.subscription_to_wire(subscription))
+
+
+async def subscription_heartbeat(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    ttl = wire.parse_subscription_ttl(await _body(request, wire.SUBSCRIPTION_HEARTBEAT_FIELDS))
+    subscription_id = request.match_info["id"]
+    expires = await ctx.service.subscriptions.heartbeat(who, subscription_id, ttl)
+    return _respond(request, {"subscriptionId": subscription_id, "expiresAt": rfc3339(expires)})
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    await ctx.service.subscriptions.unsubscribe(who, request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.worker(_bearer(request))
+    subscriptions = await ctx.service.subscriptions.list(who)
+    return json_response({"subscriptions": [wire.subscription_to_wire(s) for s in subscriptions]})
+
+
 # ------------------------------------------------------------ admin
 
 
@@ -338,6 +372,17 @@ async def admin_cleanup(request: web.Request) -> web.Response:
     return _respond(request, {"deleted": deleted, "before": rfc3339(cutoff), "limit": limit})
 
 
+async def admin_callbacks(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await ctx.auth.anyone(_bearer(request))
+    unknown = wire.unknown_fields(request.query, wire.CALLBACKS_QUERY_FIELDS)
+    if unknown:
+        request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
+    limit = wire.parse_callbacks_limit(request.query)
+    callbacks = await ctx.service.admin.abandoned_callbacks(who, limit)
+    return _respond(request, {"abandoned": [wire.callback_to_wire(c) for c in callbacks]})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -370,6 +415,11 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/result", get_result)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/history", get_history)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/cancel", cancel_task)
+    subscriptions = f"{PREFIX}/workers/subscriptions"
+    app.router.add_post(subscriptions, create_subscription)
+    app.router.add_get(subscriptions, list_subscriptions)
+    app.router.add_post(f"{subscriptions}/{{id}}/heartbeat", subscription_heartbeat)
+    app.router.add_delete(f"{subscriptions}/{{id}}", delete_subscription)
     admin = f"{PREFIX}/admin"
     app.router.add_get(f"{admin}/queues", admin_queues)
     app.router.add_get(f"{admin}/queues/{{command}}", admin_queue)
@@ -379,6 +429,7 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get(f"{admin}/queues/{{command}}/dlq", admin_dlq)
     app.router.add_post(f"{admin}/queues/{{command}}/dlq/redrive", admin_redrive)
     app.router.add_post(f"{admin}/tasks/cleanup", admin_cleanup)
+    app.router.add_get(f"{admin}/callbacks", admin_callbacks)
     return app
 
 

@@ -65,5 +65,6 @@ class Janitor(Actor):
                 deleted += n
                 if not more:
                     break
+            await self.store.prune_callbacks(tag, before_ms=before, limit=self.batch)
         self.deleted += deleted
         return deleted

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
@@ -83,6 +83,8 @@ class Scheduler(Actor):
         self._waiters: dict[tuple[str, str], deque[Waiter]] = {}
         self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=inbox_size)
         self._overflowed = False
+        # Told when one of this daemon's scripts made a queue non-empty (the notifier).
+        self.on_queue_nonempty: Callable[[str, str], None] | None = None
 
     # ------------------------------------------------------------ inputs
 
@@ -171,8 +173,13 @@ class Scheduler(Actor):
                 delay = min(delay * 2, 5.0)
 
     def _relay(self, data: str) -> None:
+        """Handles "<origin>|<tag>|<command>|<edge>" (see lib.lua announce_ready)."""
         origin, _, rest = data.partition("|")
-        if origin == self._origin:
-            return  # this daemon already woke its own waiters
-        tag, _, command = rest.partition("|")
-        self.became_ready(tag, command)
+        tag, _, rest = rest.partition("|")
+        command, _, edge = rest.partition("|")
+        if origin != self._origin:
+            self.became_ready(tag, command)
+        elif edge == "1" and self.on_queue_nonempty is not None:
+            # Each event is announced by the daemon whose script caused it: that
+            # daemon alone notifies, so N daemons do not notify N times.
+            self.on_queue_nonempty(tag, command)

@@ -21,6 +21,18 @@ Layout (``P`` = ``cq:{tag}:``)::
     P dlq:<command>          zset     dead-lettered task IDs by time (ms)
     P ret                    zset     terminal task IDs by terminal time (retention)
     P idem:<sha256(key)>     string   idempotency key -> task ID, with a TTL
+    P sub:<id>               hash     a worker subscription (webhook for "work available")
+    P subs                   zset     subscription IDs by expiry (ms): the cleaner's index
+    P subs:<command>         zset     subscription IDs of a command by expiry ('*': every command)
+    P subcmds                set      commands that ever had a subscription (for the gauge)
+    P ntf:<subscription id>  string   minIntervalSeconds gate: set NX with a TTL per notification
+    P rr:<command>:<group>   string   round-robin counter of a delivery group, with a TTL
+    P cb:<callback id>       hash     a result callback in the outbox (URL, body record, attempts)
+    P cbq                    zset     callback IDs by next delivery attempt (ms)
+    P cbdead                 zset     abandoned callback IDs by abandon time (ms)
+
+A callback ID is ``<task id>:<terminal time ms>``; a subscription ID, like a task
+ID, starts with its tenant's tag.
 
 Outside any tenant (``D`` = 16 hex digits of the SHA-256 of a bearer token)::
 
@@ -57,6 +69,11 @@ def prefix(tag: str) -> str:
 def new_task_id(tag: str) -> str:
     """A fresh task ID that routes to the tenant's slot: ``<tag>-<22 url-safe chars>``."""
     return f"{tag}-{secrets.token_urlsafe(16)}"
+
+
+def new_subscription_id(tag: str) -> str:
+    """A fresh subscription ID; like a task ID it routes to the tenant's slot."""
+    return f"{tag}-s{secrets.token_urlsafe(12)}"
 
 
 def tag_of(task_id: str) -> str:
@@ -106,6 +123,42 @@ def retention(tag: str) -> str:
 
 def meta(tag: str) -> str:
     return f"{prefix(tag)}meta"
+
+
+def subscription(tag: str, subscription_id: str) -> str:
+    return f"{prefix(tag)}sub:{subscription_id}"
+
+
+def subscriptions(tag: str) -> str:
+    return f"{prefix(tag)}subs"
+
+
+def subscriptions_of(tag: str, command: str) -> str:
+    return f"{prefix(tag)}subs:{command}"
+
+
+def subscribed_commands(tag: str) -> str:
+    return f"{prefix(tag)}subcmds"
+
+
+def notify_gate(tag: str, subscription_id: str) -> str:
+    return f"{prefix(tag)}ntf:{subscription_id}"
+
+
+def round_robin(tag: str, command: str, group: str) -> str:
+    return f"{prefix(tag)}rr:{command}:{group}"
+
+
+def callback(tag: str, callback_id: str) -> str:
+    return f"{prefix(tag)}cb:{callback_id}"
+
+
+def outbox(tag: str) -> str:
+    return f"{prefix(tag)}cbq"
+
+
+def abandoned_callbacks(tag: str) -> str:
+    return f"{prefix(tag)}cbdead"
 
 
 def idempotency(tag: str, key: str) -> str:

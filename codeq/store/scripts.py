@@ -26,6 +26,14 @@ NAMES = (
     "purge",
     "dlq_page",
     "redrive",
+    "subscribe",
+    "sub_renew",
+    "unsubscribe",
+    "sub_expire",
+    "notify_pick",
+    "outbox_claim",
+    "outbox_settle",
+    "outbox_prune",
 )
 # Scripts that do not work on a tenant: lib.lua (which reads KEYS[1] as a tenant
 # prefix) is not prepended, and KEYS[1] is whatever single key the script names.

@@ -13,8 +13,10 @@ from redis.asyncio import Redis
 
 from codeq.domain import (
     Artifact,
+    Callback,
     Conflict,
     DeadLetter,
+    DeliveryMode,
     DlqPage,
     DlqPosition,
     Forbidden,
@@ -28,6 +30,7 @@ from codeq.domain import (
     ResultSubmission,
     RetryPolicy,
     Status,
+    Subscription,
     Task,
     Unavailable,
 )
@@ -342,8 +345,9 @@ class Store:
         submission: ResultSubmission,
         *,
         now_ms: int,
-    ) -> Result:
-        """Records a task's terminal outcome, exactly once."""
+    ) -> tuple[Result, bool]:
+        """Records a task's terminal outcome, exactly once; returns the result and
+        whether a result callback was queued (the task has a webhook)."""
         result = Result(
             task_id=task_id,
             status=submission.status,
@@ -366,7 +370,7 @@ class Store:
         )
         if reply[0] != "ok":
             raise _lease_error(reply[0])
-        return result
+        return result, bool(int(reply[1]))
 
     async def reap(
         self, tag: str, *, now_ms: int, batch: int, retry: RetryPolicy
@@ -530,6 +534,118 @@ class Store:
             )
         return None if int(allowed) else max(1, int(wait_ms))
 
+    # ------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, tag: str, sub: Subscription, *, ttl_ms: int) -> None:
+        """Stores a subscription, indexed under each of its commands."""
+        await self._call(
+            "subscribe",
+            tag,
+            sub.id,
+            sub.created_at_ms,
+            sub.expires_at_ms,
+            sub.callback_url,
+            sub.delivery_mode.value,
+            sub.group_id or "",
+            int(sub.min_interval_seconds * 1000),
+            sub.worker_id,
+            ttl_ms,
+            *sub.event_types,
+        )
+
+    async def renew_subscription(
+        self, tag: str, subscription_id: str, *, worker_id: str, ttl_ms: int, now_ms: int
+    ) -> int:
+        """Extends a live subscription of `worker_id`; returns its new expiry (ms)."""
+        reply = await self._call("sub_renew", tag, subscription_id, now_ms, ttl_ms, worker_id)
+        _subscription_error(reply[0])
+        return int(reply[1])
+
+    async def unsubscribe(
+        self, tag: str, subscription_id: str, *, worker_id: str, now_ms: int
+    ) -> None:
+        reply = await self._call("unsubscribe", tag, subscription_id, now_ms, worker_id)
+        _subscription_error(reply[0])
+
+    async def subscriptions(self, tag: str, *, now_ms: int) -> list[Subscription]:
+        """The tenant's live subscriptions, soonest to expire first."""
+        async with _reachable():
+            ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+                keys.subscriptions(tag), f"({now_ms}", "+inf"
+            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for subscription_id in ids:
+                    pipe.hgetall(keys.subscription(tag, subscription_id))
+                rows = await pipe.execute() if ids else []
+        return [subscription_from_fields(row) for row in rows if row]
+
+    async def expire_subscriptions(
+        self, tag: str, *, now_ms: int, batch: int
+    ) -> tuple[int, int | None, dict[str, int]]:
+        """Removes expired subscriptions; returns how many, the next expiry (ms), and
+        the live subscriptions per command."""
+        reply = await self._call("sub_expire", tag, now_ms, batch)
+        active = {reply[i]: int(reply[i + 1]) for i in range(2, len(reply), 2)}
+        return int(reply[0]), (int(reply[1]) if int(reply[1]) >= 0 else None), active
+
+    async def pick_subscribers(
+        self, tag: str, command: str, *, now_ms: int, seed: int, rr_ttl_ms: int = 86_400_000
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """The subscriptions to notify that `command` has work (delivery modes and
+        minInterval gates applied in the store); returns the ready depth and
+        (subscription id, callback URL) pairs."""
+        reply = await self._call("notify_pick", tag, command, now_ms, seed, rr_ttl_ms)
+        picks = [(reply[i], reply[i + 1]) for i in range(1, len(reply), 2)]
+        return int(reply[0]), picks
+
+    # ------------------------------------------------------------ result callbacks
+
+    async def claim_callbacks(
+        self, tag: str, *, now_ms: int, limit: int, inflight_ms: int, token: str
+    ) -> tuple[list[Callback], int | None]:
+        """Takes up to `limit` due callbacks for delivery (each counts an attempt);
+        returns them and the next due time (ms) of the tenant's outbox."""
+        reply = await self._call("outbox_claim", tag, now_ms, limit, inflight_ms, token)
+        callbacks = [callback_from_fields(_pairs(flat)) for flat in reply[1:]]
+        return callbacks, (int(reply[0]) if int(reply[0]) >= 0 else None)
+
+    async def settle_callback(
+        self,
+        tag: str,
+        callback: Callback,
+        outcome: str,
+        *,
+        now_ms: int,
+        next_at_ms: int = 0,
+        error: str = "",
+    ) -> bool:
+        """Records a delivery's outcome (delivered, retry, defer, abandon); False when
+        another daemon had taken the callback over meanwhile."""
+        reply = await self._call(
+            "outbox_settle", tag, callback.id, callback.claim, outcome, now_ms, next_at_ms, error
+        )
+        return bool(reply[0] == "ok")
+
+    async def abandoned_callbacks(self, tag: str, *, limit: int) -> list[Callback]:
+        """The tenant's abandoned callbacks, newest first."""
+        async with _reachable():
+            ids: list[str] = await self.redis.zrevrange(  # type: ignore[assignment]
+                keys.abandoned_callbacks(tag), 0, limit - 1
+            )
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for callback_id in ids:
+                    pipe.hgetall(keys.callback(tag, callback_id))
+                rows = await pipe.execute() if ids else []
+        return [callback_from_fields(row) for row in rows if row]
+
+    async def prune_callbacks(self, tag: str, *, before_ms: int, limit: int) -> int:
+        """Removes callbacks abandoned before `before_ms` (retention)."""
+        return int(await self._call("outbox_prune", tag, before_ms, limit))
+
+    async def outbox_depth(self, tag: str) -> int:
+        async with _reachable():
+            return int(await self.redis.zcard(keys.outbox(tag)))
+
     # ------------------------------------------------------------ reads
 
     async def get_task(self, tag: str, task_id: str) -> Task | None:
@@ -555,6 +671,43 @@ class Store:
             at, event = detail.pop("at"), detail.pop("event")
             entries.append(HistoryEntry(at_ms=int(at), event=event, detail=detail))
         return entries
+
+
+def _subscription_error(code: str) -> None:
+    if code == "not_found":
+        raise NotFound("subscription not found (or expired)")
+    if code == "not_owner":
+        raise Forbidden("subscription belongs to another worker")
+
+
+def subscription_from_fields(fields: dict[str, str]) -> Subscription:
+    return Subscription(
+        id=fields["id"],
+        callback_url=fields["callbackUrl"],
+        event_types=tuple(orjson.loads(fields["eventTypes"])),
+        delivery_mode=DeliveryMode(fields["deliveryMode"]),
+        group_id=fields.get("groupId") or None,
+        min_interval_seconds=int(fields.get("minIntervalMs") or 0) / 1000,
+        expires_at_ms=int(fields["expiresAt"]),
+        created_at_ms=int(fields["createdAt"]),
+        worker_id=fields["workerId"],
+    )
+
+
+def callback_from_fields(fields: dict[str, str]) -> Callback:
+    return Callback(
+        id=fields["id"],
+        task_id=fields["taskId"],
+        url=fields["url"],
+        command=fields["command"],
+        record=orjson.loads(fields["record"]),
+        attempts=int(fields.get("attempts") or 0),
+        created_at_ms=int(fields["createdAt"]),
+        trace_parent=fields.get("traceParent") or None,
+        claim=fields.get("claim") or "",
+        last_error=fields.get("lastError") or None,
+        abandoned_at_ms=_int(fields.get("abandonedAt")),
+    )
 
 
 def result_record(result: Result) -> dict[str, Any]:

@@ -10,6 +10,15 @@ local function k_inprog(cmd) return P .. 'ip:' .. cmd end
 local function k_delayed(cmd) return P .. 'dl:' .. cmd end
 local function k_dlq(cmd) return P .. 'dlq:' .. cmd end
 local function k_idem(digest) return P .. 'idem:' .. digest end
+local function k_sub(id) return P .. 'sub:' .. id end
+local function k_subs_of(cmd) return P .. 'subs:' .. cmd end
+local function k_gate(id) return P .. 'ntf:' .. id end
+local function k_rr(cmd, group) return P .. 'rr:' .. cmd .. ':' .. group end
+local function k_callback(id) return P .. 'cb:' .. id end
+local K_SUBS = P .. 'subs'
+local K_SUBCMDS = P .. 'subcmds'
+local K_OUTBOX = P .. 'cbq'
+local K_CB_DEAD = P .. 'cbdead'
 local K_CMDS = P .. 'cmds'
 local K_PAUSED = P .. 'paused'
 local K_RET = P .. 'ret'
@@ -26,14 +35,42 @@ local function history(id, now, event, detail, limit)
   redis.call('LTRIM', key, -limit, -1)
 end
 
+-- The number of ready tasks of a command, over its ten tiers.
+local function ready_depth(cmd)
+  local n = 0
+  for tier = 0, 9 do n = n + redis.call('LLEN', k_ready(cmd, tier)) end
+  return n
+end
+
+-- Announces ready work on the pub/sub channel: "<origin>|<tag>|<command>|<edge>",
+-- edge 1 when the command's ready queue just went from empty to non-empty (the
+-- originating daemon's notifier then tells the subscriptions).
+local function announce_ready(cmd, edge, origin)
+  redis.call('PUBLISH', READY_CHANNEL, origin .. '|' .. TAG .. '|' .. cmd .. '|' .. edge)
+end
+
 -- Makes a task ready in its tier. `front` puts it next in line (abandon).
--- Publishes a wake-up when the tier goes from empty to non-empty, so waiters
--- on other daemons learn of it; local waiters are woken by the caller.
+-- Announces it when the tier goes from empty to non-empty, so waiters on other
+-- daemons learn of it; local waiters are woken by the caller.
 local function push_ready(id, cmd, tier, front, origin)
   local key = k_ready(cmd, tier)
   local n
   if front then n = redis.call('RPUSH', key, id) else n = redis.call('LPUSH', key, id) end
-  if n == 1 then redis.call('PUBLISH', READY_CHANNEL, origin .. '|' .. TAG .. '|' .. cmd) end
+  if n == 1 then announce_ready(cmd, ready_depth(cmd) == 1 and 1 or 0, origin) end
+end
+
+-- Queues the result callback of a task that just ended, in the step that ends it,
+-- when the task has a webhook: the callback dispatcher delivers it from this
+-- durable outbox, so a crash between the two can lose nothing. `record` is the
+-- result record (JSON) the callback carries. Returns whether one was queued.
+local function enqueue_callback(id, key, now, record)
+  local f = redis.call('HMGET', key, 'webhook', 'command', 'traceParent')
+  if not f[1] or f[1] == '' then return false end
+  local cb = id .. ':' .. now
+  redis.call('HSET', k_callback(cb), 'id', cb, 'taskId', id, 'url', f[1], 'command', f[2],
+    'traceParent', f[3] or '', 'record', record, 'attempts', 0, 'createdAt', now)
+  redis.call('ZADD', K_OUTBOX, now, cb)
+  return true
 end
 
 -- Checks that the caller holds the lease of an IN_PROGRESS task: it is the owner
@@ -78,6 +115,8 @@ local function dead_letter(id, key, cmd, now, reason, limit)
   redis.call('ZADD', k_dlq(cmd), now, id)
   redis.call('ZADD', K_RET, now, id)
   history(id, now, 'dead_lettered', {reason = reason}, limit)
+  enqueue_callback(id, key, now, cjson.encode({taskId = id, status = 'FAILED',
+    error = 'MAX_ATTEMPTS', completedAt = now, deadLettered = true}))
 end
 
 -- Puts a failed attempt back in line after `delay` ms, or dead-letters it.

@@ -2,7 +2,8 @@
 -- KEYS[1] tenant prefix
 -- ARGV  1 id  2 now ms  3 worker id  4 lease token  5 status (COMPLETED|FAILED)
 --       6 result JSON  7 error  8 history limit
--- Returns {'ok'} | {error code}.
+-- Queues the result callback when the task has a webhook.
+-- Returns {'ok', 1 when a callback was queued else 0} | {error code}.
 local id, now, status = ARGV[1], tonumber(ARGV[2]), ARGV[5]
 local key = k_task(id)
 local err = check_lease(key, ARGV[3], ARGV[4])
@@ -17,4 +18,5 @@ redis.call('ZADD', K_RET, now, id)
 local detail = {worker = ARGV[3]}
 if ARGV[7] ~= '' then detail['error'] = ARGV[7] end
 history(id, now, string.lower(status), detail, tonumber(ARGV[8]))
-return {'ok'}
+if enqueue_callback(id, key, now, ARGV[6]) then return {'ok', 1} end
+return {'ok', 0}

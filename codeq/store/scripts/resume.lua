@@ -5,9 +5,7 @@
 -- Returns {1 when it was paused else 0, ready tasks}.
 local cmd = ARGV[1]
 local was = redis.call('SREM', K_PAUSED, cmd)
-local ready = 0
-for tier = 0, 9 do ready = ready + redis.call('LLEN', k_ready(cmd, tier)) end
-if was == 1 and ready > 0 then
-  redis.call('PUBLISH', READY_CHANNEL, ARGV[2] .. '|' .. TAG .. '|' .. cmd)
-end
+local ready = ready_depth(cmd)
+-- a resumed queue with work is, to its subscribers, a queue that became non-empty
+if was == 1 and ready > 0 then announce_ready(cmd, 1, ARGV[2]) end
 return {was, ready}
