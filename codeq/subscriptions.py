@@ -16,6 +16,7 @@ from empty to non-empty. Rules (SPEC §4, §7):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from codeq.domain import (
@@ -55,6 +56,8 @@ class Subscriptions:
         self.store = store
         self.guard = guard
         self.settings = settings
+        # Told after a subscription was added or removed (the cleaner recounts the gauge).
+        self.changed: Callable[[], None] = lambda: None
 
     async def subscribe(self, who: Principal, new: NewSubscription) -> Subscription:
         _require_subscriber(who)
@@ -84,6 +87,7 @@ class Subscriptions:
         )
         await self.store.register_tenant(tag, who.tenant)
         await self.store.subscribe(tag, subscription, ttl_ms=ttl * 1000)
+        self.changed()
         return subscription
 
     async def heartbeat(self, who: Principal, subscription_id: str, ttl_seconds: int | None) -> int:
@@ -106,6 +110,7 @@ class Subscriptions:
             worker_id=who.subject,
             now_ms=_now_ms(),
         )
+        self.changed()
 
     async def list(self, who: Principal) -> list[Subscription]:
         """The live subscriptions of the caller's tenant."""

@@ -83,6 +83,7 @@ class CallbackDispatcher(Actor):
         self.abandoned = 0
         self._busy = 0
         self._starved = False  # the last sweep stopped for want of a free slot
+        self._planned = 0  # when the loop looks next (epoch ms)
 
     def callback_queued(self) -> None:
         """A callback was just queued by this daemon: deliver it now."""
@@ -96,14 +97,20 @@ class CallbackDispatcher(Actor):
         pause = 0.1
         async with asyncio.TaskGroup() as deliveries:
             while True:
-                planned = now_ms() + self.max_idle_ms
+                self._planned = now_ms() + self.max_idle_ms
                 try:
-                    planned = await self._sweep(deliveries, planned)
+                    self._planned = await self._sweep(deliveries, self._planned)
                 except Unavailable as exc:
                     pause = await pause_after_error(self, exc, pause)
                     continue
                 pause = 0.1
-                await self.sleep_until(planned)
+                await self.sleep_until(self._planned)
+
+    def _look_again_by(self, at_ms: int) -> None:
+        """A callback was rescheduled for `at_ms`: make sure the loop looks by then."""
+        if at_ms < self._planned:
+            self._planned = at_ms
+            self.poke()
 
     async def _sweep(self, deliveries: asyncio.TaskGroup, planned: int) -> int:
         """Claims what is due in every tenant, as far as free slots go; returns when
@@ -158,7 +165,9 @@ class CallbackDispatcher(Actor):
             self.delivered += 1
             await self._settle(tag, callback, "delivered")
             return
-        if delivery.outcome != "refused":
+        if delivery.outcome == "refused":
+            self.breakers.release(host)
+        else:
             self.breakers.failed(host)
         if delivery.outcome == "refused" or callback.attempts >= self.max_attempts:
             self.abandoned += 1
@@ -189,3 +198,6 @@ class CallbackDispatcher(Actor):
             )
         except Unavailable as exc:
             log.warning("callback outcome not recorded", callback=callback.id, error=str(exc))
+            return
+        if outcome in ("retry", "defer"):
+            self._look_again_by(at)  # after the write, so the next look sees it

@@ -63,6 +63,13 @@ class CircuitBreakers:
         entry.probing = True  # half-open: this delivery is the probe
         return None
 
+    def release(self, host: str) -> None:
+        """A delivery admitted as the probe ended without telling anything about the
+        host (the URL guard refused it): the next delivery may probe."""
+        entry = self._hosts.get(host)
+        if entry is not None:
+            entry.probing = False
+
     def succeeded(self, host: str) -> None:
         entry = self._hosts.pop(host, None)
         if entry is not None and entry.opened_at is not None:
