@@ -85,6 +85,9 @@ class Scheduler(Actor):
         self._overflowed = False
         # Told when one of this daemon's scripts made a queue non-empty (the notifier).
         self.on_queue_nonempty: Callable[[str, str], None] | None = None
+        # Set once the ready channel is subscribed: this daemon's own ready events
+        # (which drive the notifier) published before then are never heard.
+        self.listening = asyncio.Event()
 
     # ------------------------------------------------------------ inputs
 
@@ -161,6 +164,7 @@ class Scheduler(Actor):
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(keys.PUBSUB_READY)
                     raise_if_cancelled()  # the subscribe may have swallowed a stop
+                    self.listening.set()
                     if missed:
                         self.wake_all()
                     delay, missed = 0.1, False
