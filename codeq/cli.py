@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import uvloop
 
 from codeq import config as cfg
 from codeq.auth import tokens
+from codeq.commands import add_commands as add_client_commands
+from codeq.commands import run as run_client_command
 from codeq.observability import configure_logging
 
 
@@ -31,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     check.set_defaults(run=_config_check)
 
     _add_token_commands(commands)
+    add_client_commands(commands)
 
     args = parser.parse_args(argv)
+    if hasattr(args, "remote"):  # task/worker/queue: a client of a daemon, no daemon config
+        return run_client_command(args)
     try:
         loaded = cfg.load_config(args.config, flags=cfg.flags_from_args(args))
     except cfg.ConfigError as exc:
@@ -49,13 +55,15 @@ def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
     configure_logging(config.log_level, config.log_format)
-    return uvloop.run(_serve_async(config))
+    # SIGHUP reloads from the same file, environment and flags.
+    source = functools.partial(cfg.load_config, args.config, flags=cfg.flags_from_args(args))
+    return uvloop.run(_serve_async(config, source))
 
 
-async def _serve_async(config: cfg.Config) -> int:
+async def _serve_async(config: cfg.Config, source: Callable[[], cfg.Config]) -> int:
     from codeq.daemon import Daemon
 
-    daemon = Daemon(config)
+    daemon = Daemon(config, reload_config=source)
     try:
         await daemon.start()
     except Exception:

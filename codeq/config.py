@@ -503,6 +503,15 @@ class Config:
     rate_limit_admin_cleanup_burst: int = setting(
         0, _BURST, "admin cleanups a token may make at once; 0 = one second's worth"
     )
+    metrics_enabled: bool = setting(
+        True, Boolean(), "serve GET /metrics and record request and store latencies"
+    )
+    metrics_scrape_timeout_seconds: float = setting(
+        1.0, Number(0.05, 60), "time limit of the store reads behind the queue gauges"
+    )
+    metrics_tenant_label: bool = setting(
+        False, Boolean(), "label the queue gauges by tenant (one series per tenant)"
+    )
     webhook_hmac_secret: str | None = setting(
         None, Text(), "signs every webhook (X-CodeQ-Signature); unset = unsigned", secret=True
     )

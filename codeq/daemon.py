@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+from prometheus_client import CollectorRegistry
 from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from codeq import systemd
 from codeq.actors.base import Actor, Supervisor
 from codeq.actors.cleaner import SubscriptionCleaner
 from codeq.actors.dispatcher import CallbackDispatcher
@@ -22,10 +26,15 @@ from codeq.actors.mover import DelayedMover
 from codeq.actors.notifier import Notifier
 from codeq.actors.reaper import LeaseReaper
 from codeq.actors.scheduler import Scheduler
+from codeq.actors.watchdog import WatchdogPinger
+from codeq.auth import ReloadableAuthenticator
 from codeq.auth.factory import Auth, build_auth
-from codeq.config import Config
-from codeq.domain import BackoffPolicy, RetryPolicy, Unavailable
+from codeq.config import Config, ConfigError
+from codeq.domain import BackoffPolicy, QueueStats, RetryPolicy, Unavailable
+from codeq.metrics import QueueCollector, exposition
+from codeq.observability import configure_logging
 from codeq.ratelimit import Bucket, RateLimiter, Scope
+from codeq.reload import Changes, yaml_keys
 from codeq.service import Service, ServiceSettings
 from codeq.store.embedded import EmbeddedRedis
 from codeq.store.store import Store
@@ -93,10 +102,14 @@ def rate_limits(config: Config) -> dict[Scope, Bucket | None]:
 
 
 class Daemon:
-    """One codeq process: its store connection, actors and transports."""
+    """One codeq process: its store connection, actors and transports.
 
-    def __init__(self, config: Config) -> None:
+    reload_config re-reads the config the daemon started from (file, environment and
+    flags) on SIGHUP; without it SIGHUP changes nothing."""
+
+    def __init__(self, config: Config, reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self._reload_config = reload_config
         self.origin = secrets.token_hex(6)  # tells this daemon's pub/sub messages apart
         self.embedded: EmbeddedRedis | None = None
         self.store: Store | None = None
@@ -106,9 +119,14 @@ class Daemon:
         self.transports: list[Transport] = []
         self.addresses: list[str] = []
         self.auth: Auth | None = None
+        self.authenticator: ReloadableAuthenticator | None = None  # what transports hold
         self.webhooks: WebhookClient | None = None
         self.dev_token: str | None = None
         self._stop = asyncio.Event()
+        self._reload = asyncio.Event()  # SIGHUP
+        self._ready = asyncio.Event()  # READY=1 sent
+        self._metrics_registry = CollectorRegistry(auto_describe=True)
+        self._queue_gauges: QueueCollector | None = None
 
     # ------------------------------------------------------------ start
 
@@ -122,6 +140,7 @@ class Daemon:
             origin=self.origin,
             history_limit=config.history_limit,
             idempotency_ttl_ms=config.idempotency_ttl_seconds * 1000,
+            timed=config.metrics_enabled,
         )
         await self.store.connect()
         retry = retry_policy(config)
@@ -141,8 +160,12 @@ class Daemon:
                     retention_seconds=config.retention_seconds,
                 )
             )
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            actors.append(WatchdogPinger(watchdog, self._ready))
         self.supervisor = Supervisor(actors)
         self.supervisor.start()
+        await self._until_listening(scheduler)
         self.service = Service(
             self.store,
             scheduler,
@@ -158,12 +181,19 @@ class Daemon:
             guard=guard,
             dispatcher=dispatcher,
         )
+        self.service.subscriptions.changed = cleaner.poke
         self.limiter = RateLimiter(self.store, rate_limits(config))
         self.auth = build_auth(config)
         self.dev_token = self.auth.dev_token
         await self.auth.start()
+        self.authenticator = ReloadableAuthenticator(self.auth.authenticator)
         context = TransportContext(
-            self.service, self.auth.authenticator, config, self.readiness, self.limiter
+            self.service,
+            self.authenticator,
+            config,
+            self.readiness,
+            self.limiter,
+            metrics=self.metrics if config.metrics_enabled else None,
         )
         for name in config.transports:
             transport = load_transport(name)(context)
@@ -175,6 +205,8 @@ class Daemon:
             store=self._store_label(),
             dev_mode=config.dev_mode,
         )
+        systemd.notify("READY=1", f"STATUS={self._status()}")
+        self._ready.set()
 
     async def _connect_store(self) -> Redis:
         config = self.config
@@ -208,6 +240,41 @@ class Daemon:
     def _store_label(self) -> str:
         return "embedded" if self.embedded else "external"
 
+    @staticmethod
+    async def _until_listening(scheduler: Scheduler, timeout: float = 5.0) -> None:
+        """Serve only once the scheduler hears the ready channel: a task created before
+        would make its queue non-empty unheard, and its subscribers never be told."""
+        try:
+            async with asyncio.timeout(timeout):
+                await scheduler.listening.wait()
+        except TimeoutError:
+            log.warning("ready channel not subscribed yet; serving anyway", waited=timeout)
+
+    def _status(self) -> str:
+        """The one-line status systemctl shows."""
+        return f"serving on {', '.join(self.addresses)}, store {self._store_label()}"
+
+    # ------------------------------------------------------------ metrics
+
+    async def metrics(self) -> tuple[bytes, str]:
+        """GET /metrics: the process's metrics and this daemon's queue gauges, read
+        from the store now (bounded by metricsScrapeTimeoutSeconds)."""
+        if self._queue_gauges is None:
+            self._queue_gauges = QueueCollector(
+                self._queue_rows, timeout=self.config.metrics_scrape_timeout_seconds
+            )
+            self._metrics_registry.register(self._queue_gauges)
+        await self._queue_gauges.refresh()
+        return exposition(self._metrics_registry)
+
+    async def _queue_rows(self) -> list[tuple[str | None, QueueStats]]:
+        assert self.store is not None
+        rows: list[tuple[str | None, QueueStats]] = []
+        for tag in await self.store.tenants():
+            name = await self.store.tenant_name(tag) if self.config.metrics_tenant_label else None
+            rows += [(name, stats) for stats in await self.store.queue_stats(tag)]
+        return rows
+
     # ------------------------------------------------------------ health
 
     async def readiness(self) -> dict[str, Any]:
@@ -234,31 +301,78 @@ class Daemon:
         self._stop.set()
 
     async def run_until_stopped(self) -> int:
-        """Serves until SIGTERM/SIGINT (exit 0) or a fatal failure (exit 1)."""
+        """Serves until SIGTERM/SIGINT (exit 0) or a fatal failure (exit 1); SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        watched = [asyncio.ensure_future(self._stop.wait())]
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
         assert self.supervisor is not None
-        watched.append(asyncio.ensure_future(self.supervisor.failed.wait()))
+        fatal = [self.supervisor.failed]
         if self.embedded is not None:
-            watched.append(asyncio.ensure_future(self.embedded.failed.wait()))
-        try:
-            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in watched:
-                fut.cancel()
+            fatal.append(self.embedded.failed)
+        while not (self._stop.is_set() or any(event.is_set() for event in fatal)):
+            await _first_of([self._stop, self._reload, *fatal])
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
         code = 0 if self._stop.is_set() else 1
         if code:
             log.error("a component failed past its restart budget; exiting for a restart")
+            systemd.notify("STATUS=a component failed past its restart budget; exiting")
         await self.stop()
         return code
+
+    # ------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Re-reads the config the daemon started from and applies, in place, what can
+        change while it runs: log level and format, static tokens, JWKS settings.
+        Connections and actors are untouched. A bad config changes nothing."""
+        if self._reload_config is None:
+            log.warning("reload requested, but this daemon has no config source to reload")
+            return False
+        systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            reloaded = self._reload_config()
+            changes = Changes.between(self.config, reloaded)
+            auth = build_auth(reloaded) if changes.auth else None
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed; the running settings are kept", error=str(exc))
+            systemd.notify("READY=1", f"STATUS={self._status()} (last reload failed)")
+            return False
+        if changes.logging:
+            configure_logging(reloaded.log_level, reloaded.log_format)
+        if auth is not None:
+            await self._swap_auth(auth)
+        self.config = changes.applied_to(self.config, reloaded)
+        log.info(
+            "reloaded",
+            changed=yaml_keys(changes.reloadable),
+            restart_needed=yaml_keys(changes.restart_needed),
+            log_level=self.config.log_level,
+        )
+        log.debug("effective config after reload", config=self.config.masked())
+        systemd.notify("READY=1", f"STATUS={self._status()}")
+        return True
+
+    async def _swap_auth(self, auth: Auth) -> None:
+        """Swaps in a new authenticator (one assignment), then closes the old one's
+        JWKS sessions. Its key sets are fetched first, as at start."""
+        await auth.start()
+        assert self.authenticator is not None
+        old, self.auth = self.auth, auth
+        self.authenticator.current = auth.authenticator
+        self.dev_token = auth.dev_token
+        if old is not None:
+            await old.aclose()
 
     async def stop(self) -> None:
         """Ordered shutdown: stop accepting connections, stop handing out leases, let
         in-flight requests finish within the grace period, stop the actors, close the
         store, stop the embedded store."""
-        log.info("shutting down", grace_seconds=self.config.shutdown_grace_seconds)
+        grace = self.config.shutdown_grace_seconds
+        systemd.notify("STOPPING=1", f"STATUS=draining in-flight requests (up to {grace:g} s)")
+        log.info("shutting down", grace_seconds=grace)
         for transport in self.transports:
             await transport.stop_accepting()
         if self.service is not None:
@@ -278,3 +392,13 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("stopped")
+
+
+async def _first_of(events: list[asyncio.Event]) -> None:
+    """Waits until one of the events is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -217,6 +217,7 @@ class NackOutcome:
     delay_seconds: int
     command: str = ""
     cancelled: bool = False
+    created_at_ms: int = 0  # set when dead-lettered (for the processing-latency metric)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +251,7 @@ class QueueStats:
     in_progress: int
     dlq: int
     paused: bool
+    oldest_ready_ms: int | None = None  # when the longest-waiting ready task became ready
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,73 @@
 """The daemon's Prometheus metrics, in one place, with codeQ's names and labels.
 
-Metrics live in prometheus_client's default registry (one per process, like the
-process and platform collectors it already holds); `exposition()` renders it for
-`GET /metrics`.
+Event metrics (counters, histograms) live in prometheus_client's default registry,
+one per process, beside the process and platform collectors it already holds. The
+queue gauges are read from the store at scrape time by each daemon's
+`QueueCollector`, in a registry of its own. `exposition()` renders both for
+`GET /metrics`. Labels stay bounded: commands, statuses, routes, actor and script
+names -- never task ids, and tenants only when `metricsTenantLabel` is on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from codeq.domain import QueueStats, Unavailable
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+_FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+TASK_CREATED = Counter(
+    "codeq_task_created_total", "Tasks created (idempotent replays not counted).", ["command"]
+)
+TASK_CLAIMED = Counter("codeq_task_claimed_total", "Tasks leased to a worker.", ["command"])
+TASK_COMPLETED = Counter(
+    "codeq_task_completed_total",
+    "Tasks that ended: COMPLETED or FAILED by a result, FAILED by dead-lettering after a"
+    " nack, CANCELLED by their producer.",
+    ["command", "status"],
+)
+TASK_LATENCY = Histogram(
+    "codeq_task_processing_latency_seconds",
+    "Time from a task's creation to its result or dead-lettering.",
+    ["command", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+LEASE_EXPIRED = Counter(
+    "codeq_lease_expired_total", "Leases that expired without a heartbeat.", ["command"]
+)
+HTTP_REQUESTS = Counter(
+    "codeq_http_requests_total", "HTTP requests served.", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "codeq_http_request_duration_seconds",
+    "HTTP request latency in seconds (long-poll claims include their wait).",
+    ["method", "route"],
+    buckets=_FAST_BUCKETS,
+)
+ACTOR_RESTARTS = Counter(
+    "codeq_actor_restarts_total", "Actors restarted by the supervisor after a crash.", ["actor"]
+)
+STORE_LATENCY = Histogram(
+    "codeq_store_latency_seconds",
+    "Round-trip time of store operations (Lua scripts), by script.",
+    ["operation"],
+    buckets=_FAST_BUCKETS,
 )
 
 RATE_LIMIT_HITS = Counter(
@@ -23,9 +77,90 @@ RATE_LIMIT_HITS = Counter(
 )
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus' text format, and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+# ---------------------------------------------------------------- queue gauges
+
+_QUEUES = ("ready", "delayed", "in_progress", "dlq")
+
+
+class QueueCollector(Collector):
+    """The queue gauges of every tenant, read from the store when scraped.
+
+    prometheus_client collects synchronously, so `refresh()` (awaited by the
+    /metrics handler, bounded by a timeout) reads the store first and `collect()`
+    renders what it read. A store that does not answer in time gives
+    codeq_store_up 0 and no queue samples, rather than stale ones.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[Sequence[tuple[str | None, QueueStats]]]],
+        *,
+        timeout: float = 1.0,
+    ) -> None:
+        self._read = read
+        self._timeout = timeout
+        self._rows: Sequence[tuple[str | None, QueueStats]] = ()
+        self._up = False
+        self._read_at = 0.0
+
+    async def refresh(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._rows = await self._read()
+        except (Unavailable, TimeoutError):
+            self._rows, self._up = (), False
+        else:
+            self._up, self._read_at = True, time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("codeq_store_up", "1 when the store answered the last scrape.")
+        up.add_metric([], 1.0 if self._up else 0.0)
+        yield up
+        tenant = any(t is not None for t, _ in self._rows)
+        labels = ["tenant"] if tenant else []
+        depth = GaugeMetricFamily(
+            "codeq_queue_depth",
+            "Tasks per queue: ready, delayed, in_progress (leased), dlq.",
+            labels=[*labels, "command", "queue"],
+        )
+        dlq = GaugeMetricFamily(
+            "codeq_dlq_depth", "Dead-lettered tasks.", labels=[*labels, "command"]
+        )
+        age = GaugeMetricFamily(
+            "codeq_queue_oldest_ready_age_seconds",
+            "How long the longest-waiting ready task has waited (0 when none is ready).",
+            labels=[*labels, "command"],
+        )
+        paused = GaugeMetricFamily(
+            "codeq_queue_paused",
+            "1 when claims of the command are paused.",
+            labels=[*labels, "command"],
+        )
+        sums: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0] * 6)
+        for name, stats in self._rows:
+            key: tuple[str, ...] = (name or "", stats.command) if tenant else (stats.command,)
+            row = sums[key]
+            for i, count in enumerate((stats.ready, stats.delayed, stats.in_progress, stats.dlq)):
+                row[i] += count
+            if stats.oldest_ready_ms:
+                row[4] = max(row[4], self._read_at - stats.oldest_ready_ms / 1000)
+            row[5] = max(row[5], 1.0 if stats.paused else 0.0)
+        for group, row in sorted(sums.items()):
+            for queue, value in zip(_QUEUES, row, strict=False):
+                depth.add_metric([*group, queue], value)
+            dlq.add_metric(list(group), row[3])
+            age.add_metric(list(group), max(0.0, row[4]))
+            paused.add_metric(list(group), row[5])
+        yield from (depth, dlq, age, paused)
+
+
+def exposition(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
+    """The process's metrics (and a daemon's own registry, when given) in Prometheus'
+    text format, and its content type."""
+    body = generate_latest(REGISTRY)
+    if registry is not None:
+        body += generate_latest(registry)
+    return body, CONTENT_TYPE_LATEST
 
 
 WEBHOOK_DELIVERIES = Counter(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from codeq import metrics
 from codeq.admin import Admin
 from codeq.domain import (
     TASK_ID_RE,
@@ -109,6 +110,7 @@ class Service:
             now_ms=now,
         )
         if created:
+            metrics.TASK_CREATED.labels(new.command).inc()
             if visible > now:
                 self.mover.due_at(visible)
             else:
@@ -140,9 +142,12 @@ class Service:
         """Cancels a PENDING or delayed task at once, or asks the holder of an
         IN_PROGRESS one to stop (its nack, abandon or lease expiry then ends it as
         CANCELLED). Returns the task and whether it is CANCELLED now."""
-        return await self.store.cancel(
+        task, cancelled = await self.store.cancel(
             self._tag_for(who, task_id), task_id, by=who.subject, reason=reason, now_ms=now_ms()
         )
+        if cancelled:
+            metrics.TASK_COMPLETED.labels(task.command, "CANCELLED").inc()
+        return task, cancelled
 
     async def history(self, who: Principal, task_id: str) -> list[HistoryEntry]:
         tag = self._tag_for(who, task_id)
@@ -194,6 +199,8 @@ class Service:
         )
         if tasks:
             self.reaper.lease_ends_at(now + lease_ms)
+            for task in tasks:
+                metrics.TASK_CLAIMED.labels(task.command).inc()
         return tasks
 
     @staticmethod
@@ -242,8 +249,10 @@ class Service:
             reason=reason,
             now_ms=now,
         )
-        if outcome.dead_lettered and self.dispatcher is not None:
-            self.dispatcher.callback_queued()
+        if outcome.dead_lettered:
+            _count_finished(outcome.command, "FAILED", outcome.created_at_ms, now)
+            if self.dispatcher is not None:
+                self.dispatcher.callback_queued()
         if not outcome.dead_lettered and not outcome.cancelled:
             if outcome.delay_seconds > 0:
                 self.mover.due_at(now + outcome.delay_seconds * 1000)
@@ -266,12 +275,14 @@ class Service:
         self, who: Principal, task_id: str, proof: LeaseProof, submission: ResultSubmission
     ) -> Result:
         _require_scope(who, "codeq:result")
-        result, queued = await self.store.submit_result(
-            self._tag_for(who, task_id), task_id, proof, submission, now_ms=now_ms()
+        now = now_ms()
+        recorded = await self.store.submit_result(
+            self._tag_for(who, task_id), task_id, proof, submission, now_ms=now
         )
-        if queued and self.dispatcher is not None:
+        _count_finished(recorded.command, submission.status.value, recorded.created_at_ms, now)
+        if recorded.callback_queued and self.dispatcher is not None:
             self.dispatcher.callback_queued()
-        return result
+        return recorded.result
 
     # ------------------------------------------------------------ helpers
 
@@ -285,6 +296,11 @@ class Service:
         if keys.tag_of(task_id) != tag:
             raise NotFound("task not found")
         return tag
+
+
+def _count_finished(command: str, status: str, created_at_ms: int, now: int) -> None:
+    metrics.TASK_COMPLETED.labels(command, status).inc()
+    metrics.TASK_LATENCY.labels(command, status).observe(max(0, now - created_at_ms) / 1000)
 
 
 def _require_scope(who: Principal, scope: str) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
-from codeq.auth import Authenticator
+from codeq.auth import Authenticates
 from codeq.config import Config
 from codeq.ratelimit import RateLimiter
 from codeq.service import Service
@@ -23,13 +23,15 @@ ENTRY_POINT_GROUP = "codeq.transports"
 @dataclass(frozen=True, slots=True)
 class TransportContext:
     """What a transport gets: the service to call, the authenticator, the config,
-    a readiness probe, and the per-token rate limiter (None: no limits)."""
+    a readiness probe, the per-token rate limiter (None: no limits), and the metrics
+    exposition (None: metrics are off)."""
 
     service: Service
-    auth: Authenticator
+    auth: Authenticates
     config: Config
     readiness: Callable[[], Awaitable[dict[str, Any]]]
     limiter: RateLimiter | None = None
+    metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None
 
 
 class Transport(Protocol):

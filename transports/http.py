@@ -4,6 +4,7 @@ service and encodes; no business rule and no store call lives here."""
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -22,6 +23,7 @@ from codeq.domain import (
     NewTask,
     NotFound,
     Principal,
+    Task,
     TooLarge,
     TooManyRequests,
     Unauthenticated,
@@ -77,13 +79,23 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+# What a request's log lines carry besides the request id, as far as it is known.
+_LOG_CONTEXT = ("request_id", "tenant", "subject", "command", "task_id")
+# Probes and scrapes log at debug: one access line per request, without the noise.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 @web.middleware
 async def errors_and_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Echoes or generates X-Request-Id and maps domain errors to codeQ's status codes
-    with an {"error": ...} body. Unexpected errors are logged and answered as 500
-    without a traceback."""
+    """Echoes or generates X-Request-Id, maps domain errors to codeQ's status codes
+    with an {"error": ...} body (unexpected errors are logged and answered as 500
+    without a traceback), and writes one access-log line per request, with the
+    tenant, command and task id where known, and the request metrics."""
+    started = time.perf_counter()
     request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    if "id" in request.match_info:
+        structlog.contextvars.bind_contextvars(task_id=request.match_info["id"])
     try:
         response = await handler(request)
     except CodeqError as exc:
@@ -101,10 +113,45 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
     except Exception:
         log.exception("unhandled error", path=request.path)
         response = json_response({"error": "internal error"}, 500)
+    try:
+        response.headers["X-Request-Id"] = request_id
+        _access(request, response.status, time.perf_counter() - started)
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
-    response.headers["X-Request-Id"] = request_id
+        structlog.contextvars.unbind_contextvars(*_LOG_CONTEXT)
     return response
+
+
+def _access(request: web.Request, status: int, seconds: float) -> None:
+    """The access-log line and the request metrics. Routes are the resource patterns
+    (/v1/codeq/tasks/{id}), so label values stay bounded."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    if request.app[CTX].metrics is not None:
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, route).observe(seconds)
+    level = log.debug if route in _QUIET_ROUTES else log.info
+    level(
+        "request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(seconds * 1000, 2),
+        remote=request.remote,
+    )
+
+
+async def _caller(
+    request: web.Request, authenticate: Callable[[str | None], Awaitable[Principal]]
+) -> Principal:
+    """Authenticates the bearer token and binds who is calling to the request's log
+    context (the tenant and subject, never the token)."""
+    who = await authenticate(_bearer(request))
+    structlog.contextvars.bind_contextvars(tenant=who.tenant, subject=who.subject)
+    return who
+
+
+def _bind_task(task: Task) -> None:
+    structlog.contextvars.bind_contextvars(command=task.command, task_id=task.id)
 
 
 @web.middleware
@@ -163,12 +210,13 @@ def _proof(request: web.Request, who: Principal, body: dict[str, Any]) -> LeaseP
 
 async def create_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.producer(_bearer(request))
+    who = await _caller(request, ctx.auth.producer)
     body = await _body(request, wire.CREATE_FIELDS)
     new = wire.parse_create(body)
     if new.trace_parent is None and "traceparent" in request.headers:
         new = _with_trace(new, request)
     task, _ = await ctx.service.create(who, new)
+    _bind_task(task)
     return _respond(request, wire.task_to_wire(task), 202)
 
 
@@ -183,9 +231,11 @@ def _with_trace(new: NewTask, request: web.Request) -> NewTask:
 
 async def claim_task(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS))
     task = await ctx.service.claim(who, req)
+    if task is not None:
+        _bind_task(task)
     if task is None:
         response = web.Response(status=204)
         if request.get(WARNING):
@@ -196,7 +246,7 @@ async def claim_task(request: web.Request) -> web.StreamResponse:
 
 async def heartbeat(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     body = await _body(request, wire.HEARTBEAT_FIELDS)
     until = await ctx.service.heartbeat(
         who, request.match_info["id"], _proof(request, who, body), wire.parse_extend_seconds(body)
@@ -206,7 +256,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def abandon(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     body = await _body(request, wire.ABANDON_FIELDS)
     status = await ctx.service.abandon(who, request.match_info["id"], _proof(request, who, body))
     return _respond(request, {"status": status})
@@ -214,7 +264,7 @@ async def abandon(request: web.Request) -> web.Response:
 
 async def nack(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     body = await _body(request, wire.NACK_FIELDS)
     delay, reason = wire.parse_nack(body)
     outcome = await ctx.service.nack(
@@ -225,7 +275,7 @@ async def nack(request: web.Request) -> web.Response:
 
 async def submit_result(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     body = await _body(request, wire.RESULT_FIELDS)
     submission = wire.parse_result(body)
     result = await ctx.service.submit_result(
@@ -236,14 +286,14 @@ async def submit_result(request: web.Request) -> web.Response:
 
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     task = await ctx.service.get_task(who, request.match_info["id"])
     return json_response(wire.task_to_wire(task))
 
 
 async def get_result(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     task, result = await ctx.service.get_result(who, request.match_info["id"])
     return json_response(
         {"task": wire.task_to_wire(task), "result": wire.result_to_wire(result) if result else None}
@@ -252,7 +302,7 @@ async def get_result(request: web.Request) -> web.Response:
 
 async def get_history(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     entries = await ctx.service.history(who, request.match_info["id"])
     return json_response(
         {"taskId": request.match_info["id"], "history": wire.history_to_wire(entries)}
@@ -263,7 +313,7 @@ async def cancel_task(request: web.Request) -> web.Response:
     """200 and the CANCELLED task, or 202 when the task is leased and its holder is
     asked to stop."""
     ctx = request.app[CTX]
-    who = await ctx.auth.producer(_bearer(request))
+    who = await _caller(request, ctx.auth.producer)
     reason = wire.parse_cancel(await _body(request, wire.CANCEL_FIELDS))
     task, cancelled = await ctx.service.cancel(who, request.match_info["id"], reason)
     if cancelled:
@@ -276,7 +326,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 async def create_subscription(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     new = wire.parse_subscribe(await _body(request, wire.SUBSCRIBE_FIELDS))
     subscription = await ctx.service.subscriptions.subscribe(who, new)
     return _respond(request, wire.subscription_to_wire(subscription))
@@ -284,7 +334,7 @@ async def create_subscription(request: web.Request) -> web.Response:
 
 async def subscription_heartbeat(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     ttl = wire.parse_subscription_ttl(await _body(request, wire.SUBSCRIPTION_HEARTBEAT_FIELDS))
     subscription_id = request.match_info["id"]
     expires = await ctx.service.subscriptions.heartbeat(who, subscription_id, ttl)
@@ -293,14 +343,14 @@ async def subscription_heartbeat(request: web.Request) -> web.Response:
 
 async def delete_subscription(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     await ctx.service.subscriptions.unsubscribe(who, request.match_info["id"])
     return web.Response(status=204)
 
 
 async def list_subscriptions(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.worker(_bearer(request))
+    who = await _caller(request, ctx.auth.worker)
     subscriptions = await ctx.service.subscriptions.list(who)
     return json_response({"subscriptions": [wire.subscription_to_wire(s) for s in subscriptions]})
 
@@ -310,21 +360,21 @@ async def list_subscriptions(request: web.Request) -> web.Response:
 
 async def admin_queues(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     stats = await ctx.service.admin.queues(who)
     return json_response([wire.stats_to_wire(s) for s in stats])
 
 
 async def admin_queue(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     stats = await ctx.service.admin.queue(who, request.match_info["command"])
     return json_response(wire.stats_to_wire(stats))
 
 
 async def admin_pause(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     command = request.match_info["command"]
     await ctx.service.admin.pause(who, command)
     return json_response({"command": command, "paused": True})
@@ -332,7 +382,7 @@ async def admin_pause(request: web.Request) -> web.Response:
 
 async def admin_resume(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     command = request.match_info["command"]
     await ctx.service.admin.resume(who, command)
     return json_response({"command": command, "paused": False})
@@ -340,14 +390,14 @@ async def admin_resume(request: web.Request) -> web.Response:
 
 async def admin_purge(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     purged = await ctx.service.admin.purge(who, request.match_info["command"])
     return json_response({"purged": purged})
 
 
 async def admin_dlq(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     unknown = wire.unknown_fields(request.query, wire.DLQ_QUERY_FIELDS)
     if unknown:
         request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
@@ -358,7 +408,7 @@ async def admin_dlq(request: web.Request) -> web.Response:
 
 async def admin_redrive(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     req = wire.parse_redrive(await _body(request, wire.REDRIVE_FIELDS))
     outcome = await ctx.service.admin.redrive(who, request.match_info["command"], req)
     return _respond(request, wire.redrive_to_wire(outcome))
@@ -366,7 +416,7 @@ async def admin_redrive(request: web.Request) -> web.Response:
 
 async def admin_cleanup(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     limit, before = wire.parse_cleanup(await _body(request, wire.CLEANUP_FIELDS))
     deleted, cutoff = await ctx.service.admin.cleanup(who, before_ms=before, limit=limit)
     return _respond(request, {"deleted": deleted, "before": rfc3339(cutoff), "limit": limit})
@@ -374,7 +424,7 @@ async def admin_cleanup(request: web.Request) -> web.Response:
 
 async def admin_callbacks(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    who = await ctx.auth.anyone(_bearer(request))
+    who = await _caller(request, ctx.auth.anyone)
     unknown = wire.unknown_fields(request.query, wire.CALLBACKS_QUERY_FIELDS)
     if unknown:
         request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
@@ -393,7 +443,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_exposition(request: web.Request) -> web.Response:
-    body, content_type = metrics.exposition()
+    expose = request.app[CTX].metrics
+    if expose is None:
+        raise NotFound("metrics are off (metricsEnabled: false)")
+    body, content_type = await expose()
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import structlog
 
+from codeq import metrics
+
 log = structlog.get_logger("codeq.actors")
 
 
@@ -120,6 +122,7 @@ class Supervisor:
                 return
             self._state[actor.name] = "restarting"
             self.restarts[actor.name] += 1
+            metrics.ACTOR_RESTARTS.labels(actor.name).inc()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
 

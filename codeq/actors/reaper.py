@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from codeq import metrics
 from codeq.actors.scheduler import Scheduler
 from codeq.actors.sweeper import TenantSweeper
 from codeq.domain import RetryPolicy
@@ -35,4 +36,6 @@ class LeaseReaper(TenantSweeper):
             tag, now_ms=now_ms, batch=self.batch, retry=self.retry
         )
         self.expired += len(commands)
+        for command in commands:
+            metrics.LEASE_EXPIRED.labels(command).inc()
         return commands, next_at

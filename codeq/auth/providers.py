@@ -78,6 +78,34 @@ class Authenticator:
             return await self.worker(token)
 
 
+class Authenticates(Protocol):
+    """What a transport calls to turn a request's bearer token into a Principal."""
+
+    async def producer(self, token: str | None) -> Principal: ...
+
+    async def worker(self, token: str | None) -> Principal: ...
+
+    async def anyone(self, token: str | None) -> Principal: ...
+
+
+class ReloadableAuthenticator:
+    """The authenticator the transports hold: it delegates to the current one, so a
+    reload (SIGHUP) swaps in new auth settings with one assignment, while requests
+    and connections go on."""
+
+    def __init__(self, current: Authenticator) -> None:
+        self.current = current
+
+    async def producer(self, token: str | None) -> Principal:
+        return await self.current.producer(token)
+
+    async def worker(self, token: str | None) -> Principal:
+        return await self.current.worker(token)
+
+    async def anyone(self, token: str | None) -> Principal:
+        return await self.current.anyone(token)
+
+
 def _present(token: str | None) -> str:
     if not token:
         raise Unauthenticated("missing bearer token")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
+from codeq import metrics
 from codeq.domain import (
     Artifact,
     Callback,
@@ -61,6 +64,17 @@ _TASK_FIELDS = {
     "traceState",
     "cancelRequested",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A result as recorded: with the task's command and creation time (for the
+    processing-latency metric) and whether a result callback was queued."""
+
+    result: Result
+    command: str
+    created_at_ms: int
+    callback_queued: bool
 
 
 def _lease_error(code: str) -> Exception:
@@ -140,8 +154,10 @@ class Store:
         origin: str,
         history_limit: int = 32,
         idempotency_ttl_ms: int = 86_400_000,
+        timed: bool = True,
     ) -> None:
         self.redis = redis
+        self._timed = timed
         self.origin = origin
         self._history_limit = history_limit
         self._idempotency_ttl_ms = idempotency_ttl_ms
@@ -163,7 +179,18 @@ class Store:
 
     async def _call(self, name: str, tag: str, *args: Any) -> Any:
         async with _reachable():
-            return await self._scripts(name, keys.prefix(tag), *args)
+            if not self._timed:
+                return await self._scripts(name, keys.prefix(tag), *args)
+            started = time.perf_counter()
+            reply = await self._scripts(name, keys.prefix(tag), *args)
+            metrics.STORE_LATENCY.labels(name).observe(time.perf_counter() - started)
+            return reply
+
+    async def tenant_name(self, tag: str) -> str:
+        """The tenant a tag stands for (as registered by its first write)."""
+        async with _reachable():
+            name = await self.redis.hget(keys.meta(tag), "tenant")
+        return str(name) if name else tag
 
     # ------------------------------------------------------------ tenants
 
@@ -307,7 +334,9 @@ class Store:
             self.origin,
         )
         if reply[0] == "dead_lettered":
-            return NackOutcome(dead_lettered=True, delay_seconds=0)
+            return NackOutcome(
+                dead_lettered=True, delay_seconds=0, command=reply[1], created_at_ms=int(reply[2])
+            )
         if reply[0] == "cancelled":
             return NackOutcome(dead_lettered=False, delay_seconds=0, cancelled=True)
         if reply[0] != "requeued":
@@ -345,9 +374,8 @@ class Store:
         submission: ResultSubmission,
         *,
         now_ms: int,
-    ) -> tuple[Result, bool]:
-        """Records a task's terminal outcome, exactly once; returns the result and
-        whether a result callback was queued (the task has a webhook)."""
+    ) -> Recorded:
+        """Records a task's terminal outcome, exactly once."""
         result = Result(
             task_id=task_id,
             status=submission.status,
@@ -370,7 +398,7 @@ class Store:
         )
         if reply[0] != "ok":
             raise _lease_error(reply[0])
-        return result, bool(int(reply[1]))
+        return Recorded(result, reply[2], int(reply[3]), callback_queued=bool(int(reply[1])))
 
     async def reap(
         self, tag: str, *, now_ms: int, batch: int, retry: RetryPolicy
@@ -422,6 +450,7 @@ class Store:
                 in_progress=int(row[3]),
                 dlq=int(row[4]),
                 paused=bool(int(row[5])),
+                oldest_ready_ms=int(row[6]) or None,
             )
             for row in reply
         ]

@@ -5,7 +5,8 @@
 --       6 policy  7 base ms  8 max ms  9 random [0,1)  10 reason  11 history limit  12 origin
 -- A task whose cancel was requested ends CANCELLED instead. The reason (else NACKED) is
 -- kept as lastError, so a dead-lettered task tells why it failed.
--- Returns {'requeued', delay ms, command} | {'dead_lettered'} | {'cancelled'} | {error code}.
+-- Returns {'requeued', delay ms, command} | {'dead_lettered', command, createdAt ms}
+-- | {'cancelled'} | {error code}.
 local id, now = ARGV[1], tonumber(ARGV[2])
 local key = k_task(id)
 local err = check_lease(key, ARGV[3], ARGV[4])
@@ -26,5 +27,5 @@ end
 redis.call('HSET', key, 'lastError', ARGV[10] ~= '' and ARGV[10] or 'NACKED')
 history(id, now, 'nacked', {reason = ARGV[10], worker = ARGV[3], attempt = tonumber(f[2])}, limit)
 local applied = retry_or_dead_letter(id, key, f[1], now, delay, 'NACKED', limit, ARGV[12])
-if applied < 0 then return {'dead_lettered'} end
+if applied < 0 then return {'dead_lettered', f[1], redis.call('HGET', key, 'createdAt')} end
 return {'requeued', applied, f[1]}

@@ -1,0 +1,268 @@
+"""`codeq task create|get|result|cancel|history`: the producer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from codeq.client import Client, CodeqError, JsonObject, Producer
+from codeq.commands.base import Subcommands, UsageError, command, group, json_object
+from codeq.commands.output import (
+    emit_json,
+    emit_json_line,
+    note,
+    progress,
+    record_table,
+    rows_table,
+    stdout,
+)
+
+
+def add(commands: Subcommands) -> None:
+    tasks = group(
+        commands,
+        "task",
+        "create tasks and follow them (producer token)",
+        """
+        codeq task create GENERATE_MASTER --payload '{"jobId":"j-123"}' --priority 3
+        codeq task create --file tasks.jsonl
+        codeq task result 0123456789ab-Qx3… --wait 60 --json
+        """,
+    )
+    create = command(
+        tasks,
+        "create",
+        "create a task, or one per line of a JSON Lines file",
+        _create,
+        "producer",
+        """
+        codeq task create GENERATE_MASTER --payload '{"jobId":"j-123"}'
+        codeq task create SEND_EMAIL --delay 3600 --idempotency-key mail-42
+        codeq task create REPORT --run-at 2030-01-01T09:00:00Z --max-attempts 3
+        codeq task create --file tasks.jsonl --json > created.jsonl
+        codeq task create RENDER --priority 5 --file jobs.jsonl   # flags are line defaults
+
+        Each line of --file is a create body: {"command": "A", "payload": {…},
+        "priority": 3, "delaySeconds": 10, …}; blank lines are skipped. With
+        --json, one line per input line: the task, or {"line": N, "error": …}.
+        """,
+    )
+    create.add_argument("task_command", nargs="?", metavar="COMMAND", help="the task's command")
+    create.add_argument("--payload", metavar="JSON", help="payload object (default {})")
+    create.add_argument("--priority", type=int, help="0-9, higher first (default 0)")
+    create.add_argument("--delay", type=float, metavar="SECONDS", help="run after this delay")
+    create.add_argument("--run-at", metavar="RFC3339", help="run at this time (e.g. …T09:00:00Z)")
+    create.add_argument("--idempotency-key", metavar="KEY", help="same key → same task")
+    create.add_argument("--webhook", metavar="URL", help="result callback URL")
+    create.add_argument("--max-attempts", type=int, metavar="N", help="attempts before the DLQ")
+    create.add_argument("--file", metavar="PATH", help="JSON Lines of create bodies ('-' = stdin)")
+    create.add_argument(
+        "--concurrency", type=int, default=16, metavar="N", help="bulk requests at once (16)"
+    )
+
+    get = command(
+        tasks,
+        "get",
+        "show a task",
+        _get,
+        "producer",
+        "codeq task get 0123456789ab-Qx3…\ncodeq task get 0123456789ab-Qx3… --json | jq .status",
+    )
+    get.add_argument("task_id", metavar="ID")
+
+    result = command(
+        tasks,
+        "result",
+        "show a task's result, optionally waiting for it",
+        _result,
+        "producer",
+        """
+        codeq task result 0123456789ab-Qx3…
+        codeq task result 0123456789ab-Qx3… --wait 120 --json   # exit 1 if not done by then
+        """,
+    )
+    result.add_argument("task_id", metavar="ID")
+    result.add_argument(
+        "--wait", type=float, metavar="SECONDS", help="wait until the task has ended"
+    )
+
+    cancel = command(
+        tasks,
+        "cancel",
+        "cancel a task (a leased one: its worker is asked to stop)",
+        _cancel,
+        "producer",
+        'codeq task cancel 0123456789ab-Qx3… --reason "no longer needed"',
+    )
+    cancel.add_argument("task_id", metavar="ID")
+    cancel.add_argument("--reason", help="kept in the task's history")
+
+    history = command(
+        tasks,
+        "history",
+        "show a task's timeline",
+        _history,
+        "producer",
+        "codeq task history 0123456789ab-Qx3…",
+    )
+    history.add_argument("task_id", metavar="ID")
+
+
+# ------------------------------------------------------------ create
+
+
+def _defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The create fields given as flags (the body of one task, or line defaults)."""
+    body: dict[str, Any] = {
+        "command": args.task_command,
+        "payload": json_object(args.payload, "--payload") if args.payload is not None else None,
+        "priority": args.priority,
+        "delaySeconds": args.delay,
+        "runAt": args.run_at,
+        "idempotencyKey": args.idempotency_key,
+        "webhook": args.webhook,
+        "maxAttempts": args.max_attempts,
+    }
+    return {k: v for k, v in body.items() if v is not None}
+
+
+async def _create(client: Client, args: argparse.Namespace) -> int:
+    producer = Producer(client)
+    defaults = _defaults(args)
+    if args.file is not None:
+        return await _create_many(producer, defaults, _read_lines(args.file), args)
+    if "command" not in defaults:
+        raise UsageError("task create needs a COMMAND (or --file)")
+    task = await client.create_from(defaults)
+    if args.json:
+        emit_json(task)
+    else:
+        stdout().print(record_table(task))
+    return 0
+
+
+def _read_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, body) for each non-blank line; a bad line stops everything."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--file: {exc}") from None
+    bodies = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            bodies.append((number, json_object(line, f"{path}:{number}")))
+    return bodies
+
+
+async def _create_many(
+    producer: Producer,
+    defaults: dict[str, Any],
+    lines: list[tuple[int, dict[str, Any]]],
+    args: argparse.Namespace,
+) -> int:
+    bodies = [{**defaults, **body} for _, body in lines]
+    for (number, _), body in zip(lines, bodies, strict=True):
+        if not body.get("command"):
+            raise UsageError(f"{args.file}:{number}: no command (give COMMAND or a command field)")
+    started = time.monotonic()
+    with progress() as bar:
+        created = bar.add_task("creating", total=len(bodies))
+        outcomes = await producer.create_many(
+            bodies,
+            concurrency=args.concurrency,
+            on_result=lambda _i, _o: bar.advance(created),
+        )
+    failures = [
+        (number, outcome)
+        for (number, _), outcome in zip(lines, outcomes, strict=True)
+        if isinstance(outcome, CodeqError)
+    ]
+    if args.json:
+        for (number, _), outcome in zip(lines, outcomes, strict=True):
+            if isinstance(outcome, CodeqError):
+                emit_json_line({"line": number, "status": outcome.status, "error": outcome.message})
+            else:
+                emit_json_line(outcome)
+    else:
+        for number, error in failures[:20]:
+            note(f"{args.file}:{number}: {error}")
+        if len(failures) > 20:
+            note(f"… and {len(failures) - 20} more failed lines")
+    took = time.monotonic() - started
+    note(f"created {len(bodies) - len(failures)} of {len(bodies)} tasks in {took:.1f}s")
+    return 1 if failures else 0
+
+
+# ------------------------------------------------------------ read and cancel
+
+
+async def _get(client: Client, args: argparse.Namespace) -> int:
+    task = await Producer(client).get(args.task_id)
+    if args.json:
+        emit_json(task)
+    else:
+        stdout().print(record_table(task))
+    return 0
+
+
+async def _result(client: Client, args: argparse.Namespace) -> int:
+    answer = await Producer(client).result(args.task_id, wait=args.wait)
+    task, result = answer["task"], answer.get("result")
+    if args.json:
+        emit_json(answer)
+    else:
+        _show_result(task, result)
+    if args.wait and result is None and task.get("status") != "CANCELLED":
+        note(f"task {args.task_id} is still {task.get('status')} after {args.wait:g}s")
+        return 1
+    return 0
+
+
+def _show_result(task: JsonObject, result: JsonObject | None) -> None:
+    console = stdout()
+    shown: dict[str, Any] = {"id": task.get("id"), "status": task.get("status")}
+    if result is not None:
+        shown.update(
+            completedAt=result.get("completedAt"),
+            result=result.get("result"),
+            error=result.get("error"),
+            artifacts=result.get("artifacts") or None,
+        )
+    else:
+        shown["result"] = "(none yet)" if task.get("status") != "CANCELLED" else "(cancelled)"
+    console.print(record_table({k: v for k, v in shown.items() if v is not None}))
+
+
+async def _cancel(client: Client, args: argparse.Namespace) -> int:
+    answer = await Producer(client).cancel(args.task_id, args.reason)
+    if args.json:
+        emit_json(answer)
+    elif answer.get("status") == "cancel_requested":
+        note(f"task {args.task_id} is in progress: its worker is asked to stop")
+    else:
+        stdout().print(record_table(answer))
+    return 0
+
+
+async def _history(client: Client, args: argparse.Namespace) -> int:
+    answer = await client.history(args.task_id)
+    if args.json:
+        emit_json(answer)
+        return 0
+    rows = [
+        {
+            "at": entry.get("at"),
+            "event": entry.get("event"),
+            "detail": orjson.dumps(
+                {k: v for k, v in entry.items() if k not in ("at", "event")}
+            ).decode(),
+        }
+        for entry in answer.get("history", [])
+    ]
+    stdout().print(rows_table(rows, [("at", "at"), ("event", "event"), ("detail", "detail")]))
+    return 0
