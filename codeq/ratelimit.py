@@ -100,6 +100,7 @@ class RateLimiter:
         bucket = self._limits.get(scope)
         if bucket is None:
             return None
+        cost = min(cost, bucket.burst)  # a batch larger than the burst waits for a full bucket
         try:
             wait_ms = await self._store.take_tokens(
                 token,

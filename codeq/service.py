@@ -15,6 +15,7 @@ from codeq.admin import Admin
 from codeq.domain import (
     TASK_ID_RE,
     ClaimRequest,
+    CodeqError,
     Forbidden,
     HistoryEntry,
     Invalid,
@@ -29,6 +30,7 @@ from codeq.domain import (
     Task,
 )
 from codeq.store import keys
+from codeq.store.store import NewTaskRow, Recorded
 from codeq.subscriptions import Subscriptions, SubscriptionSettings
 from codeq.webhooks.guard import RefusedTarget, UrlGuard
 
@@ -91,31 +93,84 @@ class Service:
 
     async def create(self, who: Principal, new: NewTask) -> tuple[Task, bool]:
         """Creates a task; returns it and whether it is new (False: idempotent replay)."""
+        self._check_webhook(new)
+        tag = keys.tenant_tag(who.tenant)
+        now = now_ms()
+        row = self._row(tag, new, now)
+        await self.store.register_tenant(tag, who.tenant)
+        task, created = await self.store.create(
+            tag,
+            row.task_id,
+            new,
+            tenant=who.tenant,
+            max_attempts=row.max_attempts,
+            visible_at_ms=row.visible_at_ms,
+            now_ms=now,
+        )
+        self._created(tag, [(row, created)], now)
+        return task, created
+
+    async def create_many(
+        self, who: Principal, items: Sequence[NewTask | CodeqError]
+    ) -> list[tuple[Task, bool] | CodeqError]:
+        """Creates a batch of tasks in one store round trip. Items that already failed
+        validation (or fail here, like a refused webhook) come back as their error, in
+        place; the others as create() answers."""
+        tag = keys.tenant_tag(who.tenant)
+        now = now_ms()
+        out: list[tuple[Task, bool] | CodeqError] = []
+        rows: list[tuple[int, NewTaskRow]] = []
+        for item in items:
+            if isinstance(item, NewTask):
+                try:
+                    self._check_webhook(item)
+                except Invalid as exc:
+                    item = exc
+            if isinstance(item, CodeqError):
+                out.append(item)
+            else:
+                rows.append((len(out), self._row(tag, item, now)))
+                out.append(Invalid("not created"))  # replaced below
+        if rows:
+            await self.store.register_tenant(tag, who.tenant)
+            replies = await self.store.create_many(
+                tag, [row for _, row in rows], tenant=who.tenant, now_ms=now
+            )
+            for (position, _), reply in zip(rows, replies, strict=True):
+                out[position] = reply
+            self._created(
+                tag, [(row, reply[1]) for (_, row), reply in zip(rows, replies, strict=True)], now
+            )
+        return out
+
+    def _check_webhook(self, new: NewTask) -> None:
         if new.webhook is not None:
             try:
                 self.guard.check(new.webhook)
             except RefusedTarget as exc:
                 raise Invalid(f"webhook refused: {exc}", field="webhook") from None
-        tag = keys.tenant_tag(who.tenant)
-        now = now_ms()
-        visible = self._visible_at(new, now)
-        await self.store.register_tenant(tag, who.tenant)
-        task, created = await self.store.create(
-            tag,
-            keys.new_task_id(tag),
-            new,
-            tenant=who.tenant,
+
+    def _row(self, tag: str, new: NewTask, now: int) -> NewTaskRow:
+        return NewTaskRow(
+            task_id=keys.new_task_id(tag),
+            new=new,
             max_attempts=new.max_attempts or self.settings.max_attempts_default,
-            visible_at_ms=visible,
-            now_ms=now,
+            visible_at_ms=self._visible_at(new, now),
         )
-        if created:
-            metrics.TASK_CREATED.labels(new.command).inc()
-            if visible > now:
-                self.mover.due_at(visible)
+
+    def _created(self, tag: str, rows: Sequence[tuple[NewTaskRow, bool]], now: int) -> None:
+        """Counts new tasks and tells the scheduler or the delayed mover about them."""
+        ready: set[str] = set()
+        for row, created in rows:
+            if not created:
+                continue
+            metrics.TASK_CREATED.labels(row.new.command).inc()
+            if row.visible_at_ms > now:
+                self.mover.due_at(row.visible_at_ms)
             else:
-                self.scheduler.became_ready(tag, new.command)
-        return task, created
+                ready.add(row.new.command)
+        for command in ready:
+            self.scheduler.became_ready(tag, command)
 
     @staticmethod
     def _visible_at(new: NewTask, now: int) -> int:
@@ -279,10 +334,52 @@ class Service:
         recorded = await self.store.submit_result(
             self._tag_for(who, task_id), task_id, proof, submission, now_ms=now
         )
-        _count_finished(recorded.command, submission.status.value, recorded.created_at_ms, now)
-        if recorded.callback_queued and self.dispatcher is not None:
-            self.dispatcher.callback_queued()
+        self._finished([recorded], now=now)
         return recorded.result
+
+    async def submit_results(
+        self, who: Principal, items: Sequence[tuple[str, str | None, ResultSubmission] | CodeqError]
+    ) -> list[Result | CodeqError]:
+        """Records a batch of results (task id, lease token, submission) in one store
+        round trip; each item succeeds or fails on its own, in place."""
+        _require_scope(who, "codeq:result")
+        tag = keys.tenant_tag(who.tenant)
+        now = now_ms()
+        out: list[Result | CodeqError] = []
+        valid: list[tuple[int, tuple[str, str | None, ResultSubmission]]] = []
+        for item in items:
+            if not isinstance(item, CodeqError):
+                try:
+                    self._tag_for(who, item[0])
+                except CodeqError as exc:
+                    item = exc
+            if isinstance(item, CodeqError):
+                out.append(item)
+            else:
+                valid.append((len(out), item))
+                out.append(Invalid("not recorded"))  # replaced below
+        if valid:
+            replies = await self.store.submit_results(
+                tag, who.subject, [item for _, item in valid], now_ms=now
+            )
+            recorded = []
+            for (position, _), reply in zip(valid, replies, strict=True):
+                if isinstance(reply, CodeqError):
+                    out[position] = reply
+                else:
+                    out[position] = reply.result
+                    recorded.append(reply)
+            self._finished(recorded, now=now)
+        return out
+
+    def _finished(self, recorded: Sequence[Recorded], *, now: int) -> None:
+        """Counts finished tasks and wakes the callback dispatcher if one was queued."""
+        queued = False
+        for item in recorded:
+            _count_finished(item.command, item.result.status.value, item.created_at_ms, now)
+            queued = queued or item.callback_queued
+        if queued and self.dispatcher is not None:
+            self.dispatcher.callback_queued()
 
     # ------------------------------------------------------------ helpers
 

@@ -22,6 +22,7 @@ from codeq.domain import (
     Artifact,
     Callback,
     ClaimRequest,
+    CodeqError,
     DeadLetter,
     DeliveryMode,
     DlqPage,
@@ -75,6 +76,11 @@ SUBSCRIBE_FIELDS = frozenset(
 SUBSCRIPTION_HEARTBEAT_FIELDS = frozenset({"ttlSeconds"})
 CALLBACKS_QUERY_FIELDS = frozenset({"limit"})
 MAX_EVENT_TYPES = 100
+MAX_BATCH = 1000
+BATCH_CREATE_FIELDS = frozenset({"tasks"})
+BATCH_CLAIM_FIELDS = CLAIM_FIELDS | {"count"}
+BATCH_RESULTS_FIELDS = frozenset({"results"})
+BATCH_RESULT_ITEM_FIELDS = RESULT_FIELDS | {"taskId"}
 MAX_CLEANUP_LIMIT = 10_000
 MAX_REDRIVE = 10_000
 MAX_DLQ_PAGE = 1000
@@ -531,3 +537,63 @@ def callback_to_wire(callback: Callback) -> dict[str, Any]:
         "createdAt": rfc3339(callback.created_at_ms),
         "abandonedAt": rfc3339(callback.abandoned_at_ms),
     }
+
+
+# ------------------------------------------------------------ batches
+
+
+def _batch_items(body: Body, name: str) -> list[Any]:
+    items = body.get(name)
+    if not isinstance(items, list):
+        raise Invalid(f"{name} must be a list", field=name)
+    if not 1 <= len(items) <= MAX_BATCH:
+        raise Invalid(f"{name} must hold 1 to {MAX_BATCH} items, got {len(items)}", field=name)
+    return items
+
+
+def _item(parse: Any, raw: Any, index: int) -> Any:
+    """One batch item parsed, or its Invalid (naming the item) for the item's answer."""
+    if not isinstance(raw, dict):
+        return Invalid(f"item {index} must be a JSON object", index=index)
+    try:
+        return parse(raw)
+    except Invalid as exc:
+        return Invalid(exc.message, index=index, **exc.extra)
+
+
+def batch_unknown_fields(body: Body, name: str, known: frozenset[str]) -> list[str]:
+    """Unknown fields of the batch's items, as "tasks[3].delay_seconds"."""
+    found = []
+    items = body.get(name)
+    for index, raw in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(raw, dict):
+            found += [f"{name}[{index}].{field}" for field in unknown_fields(raw, known)]
+    return found[:20]
+
+
+def parse_batch_create(body: Body) -> list[NewTask | Invalid]:
+    """The create bodies of POST /tasks/batch; a bad item is its own Invalid."""
+    items = _batch_items(body, "tasks")
+    return [_item(parse_create, raw, i) for i, raw in enumerate(items)]
+
+
+def parse_batch_claim(body: Body) -> tuple[ClaimRequest, int]:
+    count = _int(body, "count", 1, MAX_BATCH)
+    return parse_claim(body), 1 if count is None else count
+
+
+def _result_item(raw: Body) -> tuple[str, str | None, ResultSubmission]:
+    task_id = _text(raw, "taskId", max_len=64, required=True)
+    assert task_id is not None
+    return task_id, parse_lease_token(raw, None), parse_result(raw)
+
+
+def parse_batch_results(body: Body) -> list[tuple[str, str | None, ResultSubmission] | Invalid]:
+    """The items of POST /tasks/batch/results; a bad item is its own Invalid."""
+    items = _batch_items(body, "results")
+    return [_item(_result_item, raw, i) for i, raw in enumerate(items)]
+
+
+def error_item(exc: CodeqError, status: int) -> dict[str, Any]:
+    """A batch item's failure: codeQ's {"error"} plus its HTTP-like status code."""
+    return {"error": exc.message, "code": status, **exc.extra}

@@ -59,6 +59,7 @@ _STATUS: dict[type[CodeqError], int] = {
 RATE_LIMITED: dict[tuple[str, str], Scope] = {
     ("POST", f"{PREFIX}/tasks"): Scope.CREATE,
     ("POST", f"{PREFIX}/tasks/claim"): Scope.CLAIM,
+    ("POST", f"{PREFIX}/tasks/claim/batch"): Scope.CLAIM,
     ("POST", f"{PREFIX}/admin/tasks/cleanup"): Scope.ADMIN_CLEANUP,
 }
 
@@ -321,6 +322,78 @@ async def cancel_task(request: web.Request) -> web.Response:
     return _respond(request, {"status": "cancel_requested", "task": wire.task_to_wire(task)}, 202)
 
 
+# ------------------------------------------------------------ batches
+
+
+async def create_batch(request: web.Request) -> web.Response:
+    """POST /tasks/batch: up to 1000 creates in one store round trip; each item gets
+    its task or its error, in order. Rate-limited as that many creates."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.producer)
+    body = await _body(request, wire.BATCH_CREATE_FIELDS)
+    _warn_items(request, body, "tasks", wire.CREATE_FIELDS)
+    items = wire.parse_batch_create(body)
+    token = _bearer(request)
+    if ctx.limiter is not None and token is not None:
+        await ctx.limiter.enforce(token, Scope.CREATE, cost=len(items))
+    outcomes = await ctx.service.create_many(who, items)
+    results = [
+        _error_item(o) if isinstance(o, CodeqError) else {"task": wire.task_to_wire(o[0])}
+        for o in outcomes
+    ]
+    return _respond(request, {"results": results})
+
+
+async def claim_batch(request: web.Request) -> web.StreamResponse:
+    """POST /tasks/claim/batch: up to `count` tasks, long-polling like claim until at
+    least one is ready; 204 when none came."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.worker)
+    req, count = wire.parse_batch_claim(await _body(request, wire.BATCH_CLAIM_FIELDS))
+    tasks = await ctx.service.claim_many(who, req, count)
+    if not tasks:
+        response = web.Response(status=204)
+        if request.get(WARNING):
+            response.headers["X-CodeQ-Warning"] = request[WARNING]
+        return response
+    return _respond(
+        request, {"tasks": [wire.task_to_wire(t, with_lease_token=True) for t in tasks]}
+    )
+
+
+async def results_batch(request: web.Request) -> web.Response:
+    """POST /tasks/batch/results: up to 1000 results in one store round trip; each
+    item succeeds or fails on its own, in order."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.worker)
+    body = await _body(request, wire.BATCH_RESULTS_FIELDS)
+    _warn_items(request, body, "results", wire.BATCH_RESULT_ITEM_FIELDS)
+    items = wire.parse_batch_results(body)
+    outcomes = await ctx.service.submit_results(who, items)
+    answers = []
+    for raw, outcome in zip(body["results"], outcomes, strict=True):
+        if isinstance(outcome, CodeqError):
+            task_id = raw.get("taskId") if isinstance(raw, dict) else None
+            answers.append({"taskId": task_id, **_error_item(outcome)})
+        else:
+            answers.append({"taskId": outcome.task_id, "result": wire.result_to_wire(outcome)})
+    return _respond(request, {"results": answers})
+
+
+def _error_item(exc: CodeqError) -> dict[str, Any]:
+    return wire.error_item(exc, _STATUS[type(exc)])
+
+
+def _warn_items(
+    request: web.Request, body: dict[str, Any], name: str, known: frozenset[str]
+) -> None:
+    """Names unknown fields of batch items in the X-CodeQ-Warning header too."""
+    unknown = wire.batch_unknown_fields(body, name, known)
+    if unknown:
+        warning = "unknown fields ignored: " + ", ".join(unknown)
+        request[WARNING] = f"{request[WARNING]}; {warning}" if request.get(WARNING) else warning
+
+
 # ------------------------------------------------------------ subscriptions
 
 
@@ -460,6 +533,9 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get("/metrics", metrics_exposition)
     app.router.add_post(f"{PREFIX}/tasks", create_task)
     app.router.add_post(f"{PREFIX}/tasks/claim", claim_task)
+    app.router.add_post(f"{PREFIX}/tasks/batch", create_batch)
+    app.router.add_post(f"{PREFIX}/tasks/claim/batch", claim_batch)
+    app.router.add_post(f"{PREFIX}/tasks/batch/results", results_batch)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/heartbeat", heartbeat)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/abandon", abandon)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/nack", nack)

@@ -26,6 +26,8 @@ NAMES = (
     "purge",
     "dlq_page",
     "redrive",
+    "create_batch",
+    "result_batch",
     "subscribe",
     "sub_renew",
     "unsubscribe",

@@ -17,6 +17,7 @@ from codeq import metrics
 from codeq.domain import (
     Artifact,
     Callback,
+    CodeqError,
     Conflict,
     DeadLetter,
     DeliveryMode,
@@ -64,6 +65,16 @@ _TASK_FIELDS = {
     "traceState",
     "cancelRequested",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class NewTaskRow:
+    """One task of a create: its new id, the request, and what the service decided."""
+
+    task_id: str
+    new: NewTask
+    max_attempts: int
+    visible_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,25 +260,40 @@ class Store:
             tenant,
             new.idempotency_key or "",
         )
-        if reply[0] == "existing":
-            return task_from_fields(_pairs(reply[2])), False
-        return Task(
-            id=task_id,
-            command=new.command,
-            payload=new.payload,
-            priority=new.priority,
-            status=Status.PENDING,
-            attempts=0,
-            max_attempts=max_attempts,
-            tenant_id=tenant,
-            created_at_ms=now_ms,
-            updated_at_ms=now_ms,
-            webhook=new.webhook,
-            run_at_ms=visible_at_ms if visible_at_ms > now_ms else None,
-            idempotency_key=new.idempotency_key,
-            trace_parent=new.trace_parent,
-            trace_state=new.trace_state,
-        ), True
+        return _created(
+            reply, NewTaskRow(task_id, new, max_attempts, visible_at_ms), tenant, now_ms
+        )
+
+    async def create_many(
+        self, tag: str, rows: Sequence[NewTaskRow], *, tenant: str, now_ms: int
+    ) -> list[tuple[Task, bool]]:
+        """Stores many tasks of one tenant in one round trip; per task as create()."""
+        args: list[Any] = [
+            now_ms,
+            self._idempotency_ttl_ms,
+            self._history_limit,
+            self.origin,
+            tenant,
+        ]
+        for row in rows:
+            new = row.new
+            args += [
+                row.task_id,
+                new.command,
+                new.payload,
+                new.priority,
+                row.max_attempts,
+                new.webhook or "",
+                keys.idempotency_digest(new.idempotency_key) if new.idempotency_key else "",
+                row.visible_at_ms,
+                new.trace_parent or "",
+                new.trace_state or "",
+                new.idempotency_key or "",
+            ]
+        replies = await self._call("create_batch", tag, *args)
+        return [
+            _created(reply, row, tenant, now_ms) for reply, row in zip(replies, rows, strict=True)
+        ]
 
     async def claim(
         self,
@@ -376,14 +402,7 @@ class Store:
         now_ms: int,
     ) -> Recorded:
         """Records a task's terminal outcome, exactly once."""
-        result = Result(
-            task_id=task_id,
-            status=submission.status,
-            result=submission.result,
-            error=submission.error,
-            artifacts=submission.artifacts,
-            completed_at_ms=now_ms,
-        )
+        result = _result_of(task_id, submission, now_ms)
         reply = await self._call(
             "result",
             tag,
@@ -396,9 +415,38 @@ class Store:
             submission.error or "",
             self._history_limit,
         )
-        if reply[0] != "ok":
-            raise _lease_error(reply[0])
-        return Recorded(result, reply[2], int(reply[3]), callback_queued=bool(int(reply[1])))
+        return _recorded(reply, result)
+
+    async def submit_results(
+        self,
+        tag: str,
+        worker_id: str,
+        items: Sequence[tuple[str, str | None, ResultSubmission]],
+        *,
+        now_ms: int,
+    ) -> list[Recorded | CodeqError]:
+        """Records many outcomes (task id, lease token, submission) of one tenant's
+        tasks in one round trip; each item is its own Recorded or domain error."""
+        args: list[Any] = [now_ms, worker_id, self._history_limit]
+        results = []
+        for task_id, token, submission in items:
+            result = _result_of(task_id, submission, now_ms)
+            results.append(result)
+            args += [
+                task_id,
+                token or "",
+                submission.status.value,
+                orjson.dumps(result_record(result)),
+                submission.error or "",
+            ]
+        replies = await self._call("result_batch", tag, *args)
+        out: list[Recorded | CodeqError] = []
+        for reply, result in zip(replies, results, strict=True):
+            try:
+                out.append(_recorded(reply, result))
+            except CodeqError as exc:
+                out.append(exc)
+        return out
 
     async def reap(
         self, tag: str, *, now_ms: int, batch: int, retry: RetryPolicy
@@ -700,6 +748,47 @@ class Store:
             at, event = detail.pop("at"), detail.pop("event")
             entries.append(HistoryEntry(at_ms=int(at), event=event, detail=detail))
         return entries
+
+
+def _created(reply: Any, row: NewTaskRow, tenant: str, now_ms: int) -> tuple[Task, bool]:
+    """A create reply: the existing task (idempotent replay) or the new one."""
+    if reply[0] == "existing":
+        return task_from_fields(_pairs(reply[2])), False
+    new = row.new
+    return Task(
+        id=row.task_id,
+        command=new.command,
+        payload=new.payload,
+        priority=new.priority,
+        status=Status.PENDING,
+        attempts=0,
+        max_attempts=row.max_attempts,
+        tenant_id=tenant,
+        created_at_ms=now_ms,
+        updated_at_ms=now_ms,
+        webhook=new.webhook,
+        run_at_ms=row.visible_at_ms if row.visible_at_ms > now_ms else None,
+        idempotency_key=new.idempotency_key,
+        trace_parent=new.trace_parent,
+        trace_state=new.trace_state,
+    ), True
+
+
+def _result_of(task_id: str, submission: ResultSubmission, now_ms: int) -> Result:
+    return Result(
+        task_id=task_id,
+        status=submission.status,
+        result=submission.result,
+        error=submission.error,
+        artifacts=submission.artifacts,
+        completed_at_ms=now_ms,
+    )
+
+
+def _recorded(reply: Any, result: Result) -> Recorded:
+    if reply[0] != "ok":
+        raise _lease_error(reply[0])
+    return Recorded(result, reply[2], int(reply[3]), callback_queued=bool(int(reply[1])))
 
 
 def _subscription_error(code: str) -> None:

@@ -73,6 +73,41 @@ local function enqueue_callback(id, key, now, record)
   return true
 end
 
+-- Stores a new task and makes it ready or delayed (create and create_batch).
+-- `t` holds: id, cmd, payload, priority, max_attempts, webhook, digest ('' = no
+-- idempotency key), visible (0 = ready now), trace_parent, trace_state, idem_key.
+-- The record keeps the key's digest (idemDigest) so that retention cleanup and purge,
+-- which cannot hash in Lua, can delete the idempotency key with the task.
+-- Returns {'created', id} or {'existing', id, <task fields as HGETALL>}.
+local function create_task(t, now, idem_ttl, limit, origin, tenant)
+  local id = t.id
+  if t.digest ~= '' then
+    local ikey = k_idem(t.digest)
+    local existing = redis.call('GET', ikey)
+    if existing then
+      local fields = redis.call('HGETALL', k_task(existing))
+      if #fields > 0 then return {'existing', existing, fields} end
+    end
+    redis.call('SET', ikey, id, 'PX', idem_ttl)
+  end
+  local key = k_task(id)
+  redis.call('HSET', key, 'id', id, 'command', t.cmd, 'payload', t.payload,
+    'priority', t.priority, 'status', 'PENDING', 'attempts', 0, 'maxAttempts', t.max_attempts,
+    'tenantId', tenant, 'createdAt', now, 'updatedAt', now, 'webhook', t.webhook,
+    'traceParent', t.trace_parent, 'traceState', t.trace_state, 'idempotencyKey', t.idem_key,
+    'idemDigest', t.digest)
+  redis.call('SADD', K_CMDS, t.cmd)
+  if t.visible > now then
+    redis.call('HSET', key, 'runAt', t.visible)
+    redis.call('ZADD', k_delayed(t.cmd), t.visible, id)
+    history(id, now, 'created', {runAt = t.visible}, limit)
+  else
+    push_ready(id, t.cmd, tonumber(t.priority), false, origin)
+    history(id, now, 'created', nil, limit)
+  end
+  return {'created', id}
+end
+
 -- Checks that the caller holds the lease of an IN_PROGRESS task: it is the owner
 -- and, when it presents a lease token, the token is the current one. The token is
 -- checked first, so a zombie whose lease passed to another worker learns that its
@@ -85,6 +120,28 @@ local function check_lease(key, worker, token)
   if token ~= '' and f[3] ~= token then return 'stale_token' end
   if f[2] ~= worker then return 'not_owner' end
   return nil
+end
+
+-- Records a task's terminal outcome, exactly once (result and result_batch): the
+-- caller must hold the lease; stores the result, clears the lease, sets the status and
+-- queues the result callback when the task has a webhook.
+-- Returns {'ok', 1 when a callback was queued else 0, command, createdAt ms} | {code}.
+local function record_result(id, now, worker, token, status, record, err, limit)
+  local key = k_task(id)
+  local problem = check_lease(key, worker, token)
+  if problem then return {problem} end
+  if redis.call('HGET', key, 'cancelRequested') == '1' then return {'cancelled'} end
+  local task = redis.call('HMGET', key, 'command', 'createdAt')
+  redis.call('ZREM', k_inprog(task[1]), id)
+  redis.call('HSET', key, 'status', status, 'error', err, 'leaseUntil', '', 'leaseToken', '',
+    'updatedAt', now, 'completedAt', now)
+  redis.call('SET', k_result(id), record)
+  redis.call('ZADD', K_RET, now, id)
+  local detail = {worker = worker}
+  if err ~= '' then detail['error'] = err end
+  history(id, now, string.lower(status), detail, limit)
+  local queued = enqueue_callback(id, key, now, record) and 1 or 0
+  return {'ok', queued, task[1], task[2]}
 end
 
 -- Retry delay in ms for the attempt just failed, as codeQ documents its policies.
