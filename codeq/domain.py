@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 MAX_PRIORITY = 9
@@ -381,8 +382,12 @@ def rfc3339(ms: int | None) -> str | None:
     """Epoch milliseconds as an RFC 3339 UTC timestamp (codeQ's wire format)."""
     if ms is None:
         return None
-    return (
-        datetime.fromtimestamp(ms / 1000, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    seconds, millis = divmod(ms, 1000)
+    return f"{_rfc3339_second(seconds)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _rfc3339_second(seconds: int) -> str:
+    # Timestamps on one response (and across a busy second) share their second: the
+    # formatting is done once per second, not per field.
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -14,6 +14,8 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -75,11 +77,40 @@ STORE_LATENCY = Histogram(
     buckets=_FAST_BUCKETS,
 )
 
+STREAM_MESSAGES = Counter(
+    "codeq_stream_messages_total",
+    "WebSocket stream frames, by stream (worker, producer), direction (in, out) and frame type.",
+    ["stream", "direction", "type"],
+)
+STREAM_CONNECTIONS = Gauge(
+    "codeq_stream_connections", "Open WebSocket streams, by stream (worker, producer).", ["stream"]
+)
+
 RATE_LIMIT_HITS = Counter(
     "codeq_rate_limit_hits_total",
     "Requests refused by a per-token rate limit, by codeQ's scope and operation.",
     ["scope", "operation"],
 )
+
+
+# The children of the per-request metrics, looked up once per label set: labels() takes
+# a lock and validates its arguments on every call. Label values are bounded (routes,
+# methods, statuses, script names), so the caches are too.
+
+
+@lru_cache(maxsize=1024)
+def http_requests(method: str, route: str, status: int) -> Any:
+    return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@lru_cache(maxsize=1024)
+def http_latency(method: str, route: str) -> Any:
+    return HTTP_LATENCY.labels(method, route)
+
+
+@lru_cache(maxsize=256)
+def store_latency(operation: str) -> Any:
+    return STORE_LATENCY.labels(operation)
 
 
 # ---------------------------------------------------------------- queue gauges

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
+import orjson
 import structlog
 
 _LEVELS = {
@@ -16,12 +18,18 @@ _LEVELS = {
 }
 
 
+def _json(event: Any, **_: Any) -> str:
+    """structlog's JSON serializer: orjson, several times faster than the standard
+    library's on the access-log hot path; what it cannot encode is shown as repr()."""
+    return orjson.dumps(event, default=repr).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Routes structlog (and stdlib logging) to stderr as JSON lines or console text."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -161,14 +162,17 @@ class Service:
     def _created(self, tag: str, rows: Sequence[tuple[NewTaskRow, bool]], now: int) -> None:
         """Counts new tasks and tells the scheduler or the delayed mover about them."""
         ready: set[str] = set()
+        counts: Counter[str] = Counter()
         for row, created in rows:
             if not created:
                 continue
-            metrics.TASK_CREATED.labels(row.new.command).inc()
+            counts[row.new.command] += 1
             if row.visible_at_ms > now:
                 self.mover.due_at(row.visible_at_ms)
             else:
                 ready.add(row.new.command)
+        for command, count in counts.items():
+            metrics.TASK_CREATED.labels(command).inc(count)
         for command in ready:
             self.scheduler.became_ready(tag, command)
 
@@ -254,8 +258,8 @@ class Service:
         )
         if tasks:
             self.reaper.lease_ends_at(now + lease_ms)
-            for task in tasks:
-                metrics.TASK_CLAIMED.labels(task.command).inc()
+            for command, count in Counter(task.command for task in tasks).items():
+                metrics.TASK_CLAIMED.labels(command).inc(count)
         return tasks
 
     @staticmethod
@@ -375,9 +379,16 @@ class Service:
     def _finished(self, recorded: Sequence[Recorded], *, now: int) -> None:
         """Counts finished tasks and wakes the callback dispatcher if one was queued."""
         queued = False
+        latencies: dict[tuple[str, str], list[float]] = {}
         for item in recorded:
-            _count_finished(item.command, item.result.status.value, item.created_at_ms, now)
+            key = (item.command, item.result.status.value)
+            latencies.setdefault(key, []).append(max(0, now - item.created_at_ms) / 1000)
             queued = queued or item.callback_queued
+        for (command, status), seconds in latencies.items():
+            metrics.TASK_COMPLETED.labels(command, status).inc(len(seconds))
+            histogram = metrics.TASK_LATENCY.labels(command, status)
+            for value in seconds:
+                histogram.observe(value)
         if queued and self.dispatcher is not None:
             self.dispatcher.callback_queued()
 

@@ -5,6 +5,7 @@ checked by systemd-analyze. Real `codeq serve` children and real signals."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -103,8 +104,9 @@ def config_file(tmp_path: Path) -> Path:
     return write_config(tmp_path / "codeq.yaml")
 
 
-def debug_lines(daemon: ServeProcess) -> list[str]:
-    return [line for line in daemon.log_text().splitlines() if '"level": "debug"' in line]
+def debug_lines(daemon: ServeProcess) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in daemon.log_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("level") == "debug"]
 
 
 async def sighup_and_wait(daemon: ServeProcess, event: str) -> dict[str, Any]:

@@ -128,8 +128,8 @@ def _access(request: web.Request, status: int, seconds: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     if request.app[CTX].metrics is not None:
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_LATENCY.labels(request.method, route).observe(seconds)
+        metrics.http_requests(request.method, route, status).inc()
+        metrics.http_latency(request.method, route).observe(seconds)
     level = log.debug if route in _QUIET_ROUTES else log.info
     level(
         "request",

@@ -194,7 +194,7 @@ class Store:
                 return await self._scripts(name, keys.prefix(tag), *args)
             started = time.perf_counter()
             reply = await self._scripts(name, keys.prefix(tag), *args)
-            metrics.STORE_LATENCY.labels(name).observe(time.perf_counter() - started)
+            metrics.store_latency(name).observe(time.perf_counter() - started)
             return reply
 
     async def tenant_name(self, tag: str) -> str:
