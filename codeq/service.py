@@ -4,6 +4,7 @@ result, get. Business rules live here; the store does the state transitions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections import Counter
@@ -15,6 +16,7 @@ from codeq import metrics
 from codeq.admin import Admin
 from codeq.domain import (
     TASK_ID_RE,
+    TERMINAL,
     ClaimRequest,
     CodeqError,
     Forbidden,
@@ -82,6 +84,7 @@ class Service:
         self.guard = guard or UrlGuard()
         self.dispatcher = dispatcher
         self.draining = False
+        self._result_waiters: dict[str, set[asyncio.Event]] = {}
         self.subscriptions = Subscriptions(store, self.guard, settings.subscriptions)
         self.admin = Admin(
             store,
@@ -191,11 +194,39 @@ class Service:
             raise NotFound("task not found")
         return task
 
-    async def get_result(self, who: Principal, task_id: str) -> tuple[Task, Result | None]:
-        task, result = await self.store.get_result(self._tag_for(who, task_id), task_id)
-        if task is None:
-            raise NotFound("task not found")
-        return task, result
+    async def get_result(
+        self, who: Principal, task_id: str, wait_seconds: float = 0.0
+    ) -> tuple[Task, Result | None]:
+        """A task and its result; with `wait_seconds`, long-polls until the task has
+        ended (or the wait is over). An end recorded by this daemon wakes the wait at
+        once; one recorded by another daemon is seen within a second."""
+        tag = self._tag_for(who, task_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        woken = asyncio.Event()
+        waiters = self._result_waiters.setdefault(task_id, set())
+        waiters.add(woken)  # before the read, so an end right after it is not missed
+        try:
+            while True:
+                task, result = await self.store.get_result(tag, task_id)
+                if task is None:
+                    raise NotFound("task not found")
+                remaining = deadline - loop.time()
+                if task.status in TERMINAL or remaining <= 0 or self.draining:
+                    return task, result
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, 1.0)):
+                        await woken.wait()
+                woken.clear()
+        finally:
+            waiters.discard(woken)
+            if not waiters:
+                self._result_waiters.pop(task_id, None)
+
+    def _ended(self, task_id: str) -> None:
+        """A task ended here: wake the result long-polls waiting for it."""
+        for woken in self._result_waiters.get(task_id, ()):
+            woken.set()
 
     async def cancel(self, who: Principal, task_id: str, reason: str = "") -> tuple[Task, bool]:
         """Cancels a PENDING or delayed task at once, or asks the holder of an
@@ -206,6 +237,7 @@ class Service:
         )
         if cancelled:
             metrics.TASK_COMPLETED.labels(task.command, "CANCELLED").inc()
+            self._ended(task_id)
         return task, cancelled
 
     async def history(self, who: Principal, task_id: str) -> list[HistoryEntry]:
@@ -308,7 +340,10 @@ class Service:
             reason=reason,
             now_ms=now,
         )
+        if outcome.cancelled:
+            self._ended(task_id)
         if outcome.dead_lettered:
+            self._ended(task_id)
             _count_finished(outcome.command, "FAILED", outcome.created_at_ms, now)
             if self.dispatcher is not None:
                 self.dispatcher.callback_queued()
@@ -326,6 +361,7 @@ class Service:
         tag = self._tag_for(who, task_id)
         command = await self.store.abandon(tag, task_id, proof, now_ms=now_ms())
         if command is None:
+            self._ended(task_id)
             return "cancelled"
         self.scheduler.became_ready(tag, command)
         return "requeued"
@@ -381,6 +417,7 @@ class Service:
         queued = False
         latencies: dict[tuple[str, str], list[float]] = {}
         for item in recorded:
+            self._ended(item.result.task_id)
             key = (item.command, item.result.status.value)
             latencies.setdefault(key, []).append(max(0, now - item.created_at_ms) / 1000)
             queued = queued or item.callback_queued

@@ -521,6 +521,22 @@ def subscription_to_wire(sub: Subscription) -> dict[str, Any]:
     return wire
 
 
+def parse_result_wait(query: Mapping[str, str]) -> float:
+    """GET /tasks/{id}/result?waitSeconds=N: how long to wait for the task to end."""
+    raw = query.get("waitSeconds")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Invalid(f"waitSeconds must be a number, got {raw!r}", field="waitSeconds") from None
+    if not 0 <= value <= MAX_WAIT_SECONDS:
+        raise Invalid(
+            f"waitSeconds must be between 0 and {MAX_WAIT_SECONDS}, got {raw}", field="waitSeconds"
+        )
+    return value
+
+
 def parse_callbacks_limit(query: Mapping[str, str]) -> int:
     return _query_int(query, "limit", 1, MAX_DLQ_PAGE) or 100
 
