@@ -22,7 +22,7 @@ from codeq.client.api import TERMINAL_STATUSES, CodeqError, JsonObject
 PREFIX = "/v1/codeq"
 USER_AGENT = "codeq-client/0.1"
 # A result poll (`result(wait_seconds=…)`) starts fast and slows down to this.
-MAX_RESULT_POLL_SECONDS = 1.0
+MAX_SERVER_WAIT_SECONDS = 30.0  # the API's longest waitSeconds
 
 log = logging.getLogger("codeq.client")
 
@@ -185,23 +185,18 @@ class Client:
         return task
 
     async def result(self, task_id: str, *, wait_seconds: float | None = None) -> JsonObject:
-        """`{"task": …, "result": … or None}`. With wait_seconds, polls until the
-        task is terminal or the time is up, and returns the last answer."""
+        """`{"task": …, "result": … or None}`. With wait_seconds, long-polls until the
+        task has ended or the time is up (the server waits at most 30 s a request, so
+        longer waits take several), and returns the last answer."""
         path = f"/tasks/{_seg(task_id)}/result"
-        answer: JsonObject = await self._json("GET", path)
-        if not wait_seconds:
-            return answer
-        deadline = time.monotonic() + wait_seconds
-        pause = 0.05
-        while answer["task"].get("status") not in TERMINAL_STATUSES:
+        deadline = time.monotonic() + (wait_seconds or 0)
+        while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            # The API has no push for results yet: a poll that backs off to 1 s.
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 2, MAX_RESULT_POLL_SECONDS)
-            answer = await self._json("GET", path)
-        return answer
+            wait = min(max(left, 0.0), MAX_SERVER_WAIT_SECONDS)
+            query = {"waitSeconds": f"{wait:.3f}"} if wait > 0 else None
+            answer: JsonObject = await self._json("GET", path, query=query, extra_seconds=wait)
+            if answer["task"].get("status") in TERMINAL_STATUSES or left <= wait:
+                return answer
 
     async def history(self, task_id: str) -> JsonObject:
         """`{"taskId", "history": […]}`: the task's timeline."""
