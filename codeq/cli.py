@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 import uvloop
 
 from codeq import config as cfg
@@ -17,6 +18,7 @@ from codeq.auth import tokens
 from codeq.commands import add_commands as add_client_commands
 from codeq.commands import run as run_client_command
 from codeq.observability import configure_logging
+from codeq.unix_socket import ListenError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except cfg.ConfigError as exc:
         print(f"codeq: {exc}", file=sys.stderr)
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for worker processes
     code: int = args.run(loaded, args)
     return code
 
@@ -54,13 +57,35 @@ def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
+    from codeq.worker_processes import WorkerProcesses, worker_config, worker_index
+
     configure_logging(config.log_level, config.log_format)
     # SIGHUP reloads from the same file, environment and flags.
     source = functools.partial(cfg.load_config, args.config, flags=cfg.flags_from_args(args))
-    return uvloop.run(_serve_async(config, source))
+    index = worker_index()
+    if index is None and config.workers > 1:
+        return uvloop.run(WorkerProcesses(config, args.argv).run())
+    if index is not None:  # one of the processes of `codeq serve --workers N`
+        structlog.contextvars.bind_contextvars(worker=index)
+        config = worker_config(config, index)
+        source = functools.partial(_worker_source, source, index)
+    try:
+        return uvloop.run(_serve_async(config, source, banner=index is None))
+    except ListenError as exc:
+        print(f"codeq: {exc}", file=sys.stderr)
+        return 1
 
 
-async def _serve_async(config: cfg.Config, source: Callable[[], cfg.Config]) -> int:
+def _worker_source(source: Callable[[], cfg.Config], index: int) -> cfg.Config:
+    from codeq.worker_processes import worker_config
+
+    return worker_config(source(), index)
+
+
+async def _serve_async(
+    config: cfg.Config, source: Callable[[], cfg.Config], *, banner: bool = True
+) -> int:
+    """Runs one daemon; `banner`: print the dev-mode lines (a supervisor prints its own)."""
     from codeq.daemon import Daemon
 
     daemon = Daemon(config, reload_config=source)
@@ -69,7 +94,7 @@ async def _serve_async(config: cfg.Config, source: Callable[[], cfg.Config]) -> 
     except Exception:
         await daemon.stop()
         raise
-    if daemon.dev_token:
+    if daemon.dev_token and banner:
         path = config.state_directory() / "dev-token"
         print(
             f"codeq: dev mode (no auth configured), listening on {', '.join(daemon.addresses)}\n"

@@ -77,6 +77,7 @@ _FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _NAME_RE = re.compile(r"[a-z][a-z0-9_-]*")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+_OCTAL_RE = re.compile(r"(0o)?[0-7]{1,4}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,38 @@ class FilePath(Text):
     """A non-empty file-system path."""
 
     metavar: ClassVar[str] = "PATH"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSocketPath(Kind):
+    """An absolute path short enough for a Unix socket address (sun_path: 107 bytes)."""
+
+    metavar: ClassVar[str] = "PATH"
+    MAX_BYTES: ClassVar[int] = 107
+
+    def parse(self, value: object, text: bool) -> str:
+        if not isinstance(value, str) or not value.startswith("/"):
+            raise _Invalid("must be an absolute path")
+        if len(os.fsencode(value)) > self.MAX_BYTES:
+            raise _Invalid(f"must be at most {self.MAX_BYTES} bytes long (a Unix socket address)")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class FileMode(Kind):
+    """File permission bits: octal text ("0660", "660", "0o660") or an integer (YAML 0660)."""
+
+    metavar: ClassVar[str] = "OCTAL"
+
+    def parse(self, value: object, text: bool) -> int:
+        if isinstance(value, str) and _OCTAL_RE.fullmatch(value.strip()):
+            value = int(value.strip().removeprefix("0o"), 8)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o777:
+            raise _Invalid("must be permission bits in octal, 0000..0777 (e.g. 0660)")
+        return value
+
+    def show(self, value: Any) -> Any:
+        return f"{value:04o}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +418,25 @@ class Config:
     bind_address: str = setting(
         "127.0.0.1", Host(), "address to listen on; dev mode (no auth) allows loopback only"
     )
+    tcp_enabled: bool = setting(
+        True, Boolean(), "listen on bindAddress:port; false = on unixSocketPath only"
+    )
+    unix_socket_path: str | None = setting(
+        None,
+        UnixSocketPath(),
+        "also serve the HTTP API on this Unix socket (an absolute path); unset = no socket",
+    )
+    unix_socket_mode: int = setting(
+        0o660, FileMode(), "permissions of the Unix socket, in octal (connecting needs write)"
+    )
+    unix_socket_group: str | None = setting(
+        None, Text(), "group of the Unix socket (name or gid); unset = the daemon's group"
+    )
+    workers: int = setting(
+        1,
+        Integer(1, 256),
+        "daemon processes serving the port together (SO_REUSEPORT), under one supervisor",
+    )
     redis_addr: str | None = setting(
         None,
         RedisAddress(),
@@ -444,6 +496,14 @@ class Config:
         10.0, Number(0, 600), "how long in-flight requests may finish at shutdown"
     )
     transports: tuple[str, ...] = setting(("http",), Names(), "transports to serve")
+    websocket_port: int = setting(
+        8081,
+        Integer(0, 65535),
+        "TCP port of the websocket transport (worker and producer streams); 0 picks a free port",
+    )
+    websocket_max_credits: int = setting(
+        1000, Integer(1, 100_000), "most unacked tasks one worker stream may hold at once"
+    )
     producer_auth_provider: str | None = setting(
         None, _AUTH_PROVIDER, "producer auth provider; unset = dev mode (or static if tokens exist)"
     )
@@ -823,6 +883,17 @@ def _conflicts(config: Config, origins: Mapping[str, str]) -> Iterator[str]:
             "bind_address",
             "dev mode (no producerAuthProvider/workerAuthProvider) listens on loopback only; "
             "configure auth to listen elsewhere",
+        )
+    if not config.tcp_enabled and config.unix_socket_path is None:
+        yield problem("tcp_enabled", "false needs unixSocketPath (else nothing listens)")
+    if config.workers > 1 and config.port == 0:
+        yield problem("workers", "needs a fixed port: with port 0 each worker would pick its own")
+    if config.workers > 1 and "websocket" in config.transports and config.websocket_port == 0:
+        yield problem("websocket_port", "needs a fixed port when workers > 1")
+    if config.workers > 1 and not config.tcp_enabled:
+        yield problem(
+            "workers",
+            "share the TCP port; with tcpEnabled false one process alone serves the Unix socket",
         )
     for scope in ("create", "claim", "admin_cleanup"):
         rate, burst = f"rate_limit_{scope}_per_second", f"rate_limit_{scope}_burst"

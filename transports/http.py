@@ -32,6 +32,7 @@ from codeq.domain import (
 )
 from codeq.ratelimit import Scope
 from codeq.transport import TransportContext
+from codeq.unix_socket import UnixListener, listen_unix
 
 log = structlog.get_logger("codeq.http")
 
@@ -295,7 +296,8 @@ async def get_task(request: web.Request) -> web.Response:
 async def get_result(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.anyone)
-    task, result = await ctx.service.get_result(who, request.match_info["id"])
+    wait = wire.parse_result_wait(request.query)
+    task, result = await ctx.service.get_result(who, request.match_info["id"], wait)
     return json_response(
         {"task": wire.task_to_wire(task), "result": wire.result_to_wire(result) if result else None}
     )
@@ -563,7 +565,7 @@ def build_app(ctx: TransportContext) -> web.Application:
 
 
 class HttpTransport:
-    """codeQ's v1 HTTP API on a TCP port."""
+    """codeQ's v1 HTTP API on a TCP port and/or a Unix socket (unixSocketPath)."""
 
     name = "http"
 
@@ -571,25 +573,52 @@ class HttpTransport:
         self._ctx = context
         self._runner: web.AppRunner | None = None
         self._sites: list[web.BaseSite] = []
+        self._unix: UnixListener | None = None
 
     async def start(self) -> list[str]:
         config = self._ctx.config
+        addresses: list[str] = []
+        if config.unix_socket_path is not None:
+            # First: a socket in use refuses the start before anything listens.
+            self._unix = listen_unix(
+                config.unix_socket_path, config.unix_socket_mode, config.unix_socket_group
+            )
         self._runner = web.AppRunner(
             build_app(self._ctx),
             access_log=None,
             handle_signals=False,
             shutdown_timeout=config.shutdown_grace_seconds,
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, config.bind_address, config.port, reuse_address=True)
-        await site.start()
-        self._sites.append(site)
-        return [_address(site)]
+        try:
+            await self._runner.setup()
+            if config.tcp_enabled:
+                # Several worker processes (codeq serve --workers N) share the port.
+                site = web.TCPSite(
+                    self._runner,
+                    config.bind_address,
+                    config.port,
+                    reuse_address=True,
+                    reuse_port=config.workers > 1 or None,
+                )
+                await site.start()
+                self._sites.append(site)
+                addresses.append(_address(site))
+            if self._unix is not None:
+                unix_site = web.SockSite(self._runner, self._unix.sock)
+                await unix_site.start()
+                self._sites.append(unix_site)
+                addresses.append(self._unix.address)
+        except BaseException:
+            await self.stop_accepting()
+            await self.drain(0)
+            raise
+        return addresses
 
     @property
     def port(self) -> int:
         """The bound TCP port (useful when configured as 0)."""
-        server = self._sites[0]._server
+        site = next(site for site in self._sites if isinstance(site, web.TCPSite))
+        server = site._server
         assert server is not None and hasattr(server, "sockets")
         return int(server.sockets[0].getsockname()[1])
 
@@ -597,6 +626,9 @@ class HttpTransport:
         for site in self._sites:
             await site.stop()
         self._sites.clear()
+        if self._unix is not None:
+            self._unix.close()
+            self._unix = None
 
     async def drain(self, timeout: float) -> None:
         # The runner was built with shutdown_timeout = the configured grace period.
