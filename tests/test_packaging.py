@@ -94,12 +94,16 @@ def test_wheel_holds_every_module_and_lua_script(wheel_names: set[str]) -> None:
 
 
 def test_wheel_declares_the_transport_entry_point(wheel: Path, wheel_names: set[str]) -> None:
-    """Wheel: entry_points.txt registers http under codeq.transports and the codeq command."""
+    """Wheel: entry_points.txt registers http and websocket under codeq.transports and the
+    codeq command."""
     with zipfile.ZipFile(wheel) as archive:
         text = archive.read(_dist_info_file(wheel_names, "/entry_points.txt")).decode()
     declared = configparser.ConfigParser()
     declared.read_string(text)
-    assert dict(declared[ENTRY_POINT_GROUP]) == {"http": HTTP_ENTRY_POINT}
+    assert dict(declared[ENTRY_POINT_GROUP]) == {
+        "http": HTTP_ENTRY_POINT,
+        "websocket": "codeq_transports.websocket:WebSocketTransport",
+    }
     assert declared["console_scripts"]["codeq"] == "codeq.cli:main"
 
 

@@ -14,12 +14,19 @@ are the stable API on top of it::
         worker = Worker(client, ["RENDER"], render, concurrency=4)
         await worker.run()                 # until worker.stop()
 
+Over WebSocket streams (SPEC §5), `WorkerStream` and `ProducerStream` go where the
+`Client` goes, with the same `Producer` and `Worker` API (see codeq/client/stream.py)::
+
+    async with WorkerStream("ws://127.0.0.1:8081", token) as stream:
+        await Worker(stream, ["RENDER"], render, concurrency=4).run()
+
 Failures raise `CodeqError(status, message, body)`.
 """
 
 from codeq.client.api import CodeqError, JsonObject
 from codeq.client.http import Client
 from codeq.client.producer import Producer
+from codeq.client.stream import ProducerStream, StreamClosed, WorkerStream
 from codeq.client.worker import Abandon, Complete, Fail, Handler, Nack, Outcome, Worker
 
 __all__ = [
@@ -33,5 +40,8 @@ __all__ = [
     "Nack",
     "Outcome",
     "Producer",
+    "ProducerStream",
+    "StreamClosed",
     "Worker",
+    "WorkerStream",
 ]

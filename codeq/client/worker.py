@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from codeq.client.api import CodeqError, JsonObject
 
@@ -103,6 +103,18 @@ class WorkerTransport(Protocol):
     ) -> JsonObject: ...
 
 
+@runtime_checkable
+class PushTransport(Protocol):
+    """A transport that pushes tasks (`WorkerStream`): the worker grants it credits
+    (its concurrency) before claiming, and withdraws them when it stops."""
+
+    async def subscribe(
+        self, commands: Sequence[str], *, lease_seconds: int | None, credits: int
+    ) -> JsonObject: ...
+
+    async def unsubscribe(self) -> None: ...
+
+
 @dataclass(slots=True)
 class WorkerStats:
     """What a worker did, by outcome; `lost` counts leases that passed to
@@ -175,6 +187,11 @@ class Worker:
         self._hurry = asyncio.Event()
         slots = asyncio.Semaphore(self.concurrency)
         try:
+            if isinstance(self.transport, PushTransport):
+                credits = min(self.concurrency, self.max_tasks or self.concurrency)
+                await self.transport.subscribe(
+                    self.commands, lease_seconds=self.lease_seconds, credits=credits
+                )
             while not self._stopping.is_set():
                 if self.max_tasks is not None and self.stats.claimed >= self.max_tasks:
                     break
@@ -216,7 +233,8 @@ class Worker:
         """One long-poll claim, retried with backoff while codeq is unreachable.
         A stop does not cut a claim short (the server may already have leased a
         task to it): the claim ends within wait_seconds, and a task it brings
-        after a stop is given back."""
+        after a stop is given back. A push transport's claim only waits for a pushed
+        task, so a stop cuts it short."""
         assert self._stopping is not None
         backoff = 0.5
         while not self._stopping.is_set():
@@ -228,7 +246,7 @@ class Worker:
             stop = asyncio.create_task(self._stopping.wait())
             await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
-            if not claim.done():
+            if not claim.done() and not isinstance(self.transport, PushTransport):
                 await asyncio.wait({claim}, timeout=self.wait_seconds + 5)
             if not claim.done():
                 claim.cancel()
@@ -370,6 +388,11 @@ class Worker:
         assert self._stopping is not None and self._hurry is not None
         loop = asyncio.get_running_loop()
         deadline: float | None = None
+        if isinstance(self.transport, PushTransport):
+            try:  # no more pushes; tasks pushed but not started go back
+                await self.transport.unsubscribe()
+            except CodeqError as exc:
+                log.warning("could not pause the stream: %s", exc)
         if self._jobs:
             log.info("waiting for %d in-flight task(s)", len(self._jobs))
         stopping = asyncio.create_task(self._stopping.wait())
