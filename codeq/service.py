@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from codeq import metrics
 from codeq.admin import Admin
@@ -36,6 +36,8 @@ from codeq.store import keys
 from codeq.store.store import NewTaskRow, Recorded
 from codeq.subscriptions import Subscriptions, SubscriptionSettings
 from codeq.webhooks.guard import RefusedTarget, UrlGuard
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from codeq.actors.dispatcher import CallbackDispatcher
@@ -122,7 +124,7 @@ class Service:
         place; the others as create() answers."""
         tag = keys.tenant_tag(who.tenant)
         now = now_ms()
-        out: list[tuple[Task, bool] | CodeqError] = []
+        out: list[tuple[Task, bool] | CodeqError | None] = []
         rows: list[tuple[int, NewTaskRow]] = []
         for item in items:
             if isinstance(item, NewTask):
@@ -134,7 +136,7 @@ class Service:
                 out.append(item)
             else:
                 rows.append((len(out), self._row(tag, item, now)))
-                out.append(Invalid("not created"))  # replaced below
+                out.append(None)  # the store's answer goes here
         if rows:
             await self.store.register_tenant(tag, who.tenant)
             replies = await self.store.create_many(
@@ -145,7 +147,7 @@ class Service:
             self._created(
                 tag, [(row, reply[1]) for (_, row), reply in zip(rows, replies, strict=True)], now
             )
-        return out
+        return _filled(out)
 
     def _check_webhook(self, new: NewTask) -> None:
         if new.webhook is not None:
@@ -385,7 +387,7 @@ class Service:
         _require_scope(who, "codeq:result")
         tag = keys.tenant_tag(who.tenant)
         now = now_ms()
-        out: list[Result | CodeqError] = []
+        out: list[Result | CodeqError | None] = []
         valid: list[tuple[int, tuple[str, str | None, ResultSubmission]]] = []
         for item in items:
             if not isinstance(item, CodeqError):
@@ -397,7 +399,7 @@ class Service:
                 out.append(item)
             else:
                 valid.append((len(out), item))
-                out.append(Invalid("not recorded"))  # replaced below
+                out.append(None)  # the store's answer goes here
         if valid:
             replies = await self.store.submit_results(
                 tag, who.subject, [item for _, item in valid], now_ms=now
@@ -410,7 +412,7 @@ class Service:
                     out[position] = reply.result
                     recorded.append(reply)
             self._finished(recorded, now=now)
-        return out
+        return _filled(out)
 
     def _finished(self, recorded: Sequence[Recorded], *, now: int) -> None:
         """Counts finished tasks and wakes the callback dispatcher if one was queued."""
@@ -441,6 +443,12 @@ class Service:
         if keys.tag_of(task_id) != tag:
             raise NotFound("task not found")
         return tag
+
+
+def _filled(answers: list[T | None]) -> list[T]:
+    """A batch's answers, once every slot holds one."""
+    assert all(answer is not None for answer in answers)
+    return cast(list[T], answers)
 
 
 def _count_finished(command: str, status: str, created_at_ms: int, now: int) -> None:

@@ -268,29 +268,25 @@ class Store:
         self, tag: str, rows: Sequence[NewTaskRow], *, tenant: str, now_ms: int
     ) -> list[tuple[Task, bool]]:
         """Stores many tasks of one tenant in one round trip; per task as create()."""
-        args: list[Any] = [
-            now_ms,
-            self._idempotency_ttl_ms,
-            self._history_limit,
-            self.origin,
-            tenant,
-        ]
-        for row in rows:
-            new = row.new
-            args += [
+        # Every value as a string, so the script stores exactly what create() would.
+        batch = [
+            [
                 row.task_id,
-                new.command,
-                new.payload,
-                new.priority,
-                row.max_attempts,
-                new.webhook or "",
-                keys.idempotency_digest(new.idempotency_key) if new.idempotency_key else "",
-                row.visible_at_ms,
-                new.trace_parent or "",
-                new.trace_state or "",
-                new.idempotency_key or "",
+                row.new.command,
+                row.new.payload,
+                str(row.new.priority),
+                str(row.max_attempts),
+                row.new.webhook or "",
+                keys.idempotency_digest(row.new.idempotency_key) if row.new.idempotency_key else "",
+                str(row.visible_at_ms),
+                row.new.trace_parent or "",
+                row.new.trace_state or "",
+                row.new.idempotency_key or "",
             ]
-        replies = await self._call("create_batch", tag, *args)
+            for row in rows
+        ]
+        args = (now_ms, self._idempotency_ttl_ms, self._history_limit, self.origin, tenant)
+        replies = await self._call("create_batch", tag, *args, orjson.dumps(batch))
         return [
             _created(reply, row, tenant, now_ms) for reply, row in zip(replies, rows, strict=True)
         ]
@@ -427,19 +423,17 @@ class Store:
     ) -> list[Recorded | CodeqError]:
         """Records many outcomes (task id, lease token, submission) of one tenant's
         tasks in one round trip; each item is its own Recorded or domain error."""
-        args: list[Any] = [now_ms, worker_id, self._history_limit]
-        results = []
+        results, batch = [], []
         for task_id, token, submission in items:
             result = _result_of(task_id, submission, now_ms)
             results.append(result)
-            args += [
-                task_id,
-                token or "",
-                submission.status.value,
-                orjson.dumps(result_record(result)),
-                submission.error or "",
-            ]
-        replies = await self._call("result_batch", tag, *args)
+            record = orjson.dumps(result_record(result)).decode()
+            batch.append(
+                [task_id, token or "", submission.status.value, record, submission.error or ""]
+            )
+        replies = await self._call(
+            "result_batch", tag, now_ms, worker_id, self._history_limit, orjson.dumps(batch)
+        )
         out: list[Recorded | CodeqError] = []
         for reply, result in zip(replies, results, strict=True):
             try:
