@@ -324,6 +324,37 @@ async def websocket(api: Api, command: str, n: int) -> tuple[float, list[float]]
         return await drive(n, PRODUCERS, 1, WORKERS, produce, work)
 
 
+async def websocket_batch(api: Api, command: str, n: int) -> tuple[float, list[float]]:
+    """Streams with batches: create frames of 100 tasks (ProducerStream.create_many), a
+    WorkerStream holding up to 1,000 credits served by 256 loops; results go back in
+    frames the client batches. The stream's counterpart of BullMQ's addBulk and a
+    worker with high concurrency."""
+    from codeq.client.stream import ProducerStream, WorkerStream
+
+    url = api.ws_url
+    assert url is not None
+    body = {"command": command, "payload": {"n": 1}}
+    async with (
+        ProducerStream(url, api.token) as producer,
+        WorkerStream(url, api.token, credits=1000) as worker,
+    ):
+
+        async def produce(count: int) -> None:
+            await producer.create_many([body] * count)
+
+        async def work() -> list[float]:
+            task = await worker.claim([command], wait_seconds=1)
+            if task is None:
+                return []
+            latency = claimed_latency(task, time.time())
+            await worker.submit_result(
+                str(task["id"]), task.get("leaseToken"), status="COMPLETED", result={}
+            )
+            return [latency]
+
+        return await drive(n, 1, BATCH, 256, produce, work)
+
+
 async def probe_websocket(api: Api) -> None:
     if importlib.util.find_spec("codeq.client.stream") is None:
         raise Unavailable("codeq.client has no WebSocket client (codeq.client.stream) yet")
@@ -345,6 +376,7 @@ MODES: dict[str, Mode] = {
     "http": (no_probe, http_single),
     "http-batch-100": (probe_batch, http_batch),
     "websocket": (probe_websocket, websocket),
+    "websocket-batch-100": (probe_websocket, websocket_batch),
 }
 
 
@@ -361,7 +393,7 @@ async def codeq_rows(
     await redis.aclose()
     config: dict[str, object] = dict(BENCH_CONFIG)
     ws_port = None
-    if "websocket" in names and "websocket" in transport_names():
+    if any(name.startswith("websocket") for name in names) and "websocket" in transport_names():
         ws_port = free_port()
         config |= {"transports": ["http", "websocket"], "websocketPort": ws_port}
     daemon = Daemon(root, "codeq", {}, config, store=store.addr)

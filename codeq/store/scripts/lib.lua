@@ -31,8 +31,9 @@ local function history(id, now, event, detail, limit)
   detail['at'] = now
   detail['event'] = event
   local key = k_hist(id)
-  redis.call('RPUSH', key, cjson.encode(detail))
-  redis.call('LTRIM', key, -limit, -1)
+  if redis.call('RPUSH', key, cjson.encode(detail)) > limit then
+    redis.call('LTRIM', key, -limit, -1)
+  end
 end
 
 -- The number of ready tasks of a command, over its ten tiers.
@@ -63,8 +64,9 @@ end
 -- when the task has a webhook: the callback dispatcher delivers it from this
 -- durable outbox, so a crash between the two can lose nothing. `record` is the
 -- result record (JSON) the callback carries. Returns whether one was queued.
-local function enqueue_callback(id, key, now, record)
-  local f = redis.call('HMGET', key, 'webhook', 'command', 'traceParent')
+-- `f` may hold the task's {webhook, command, traceParent} when the caller read them.
+local function enqueue_callback(id, key, now, record, f)
+  f = f or redis.call('HMGET', key, 'webhook', 'command', 'traceParent')
   if not f[1] or f[1] == '' then return false end
   local cb = id .. ':' .. now
   redis.call('HSET', k_callback(cb), 'id', cb, 'taskId', id, 'url', f[1], 'command', f[2],
@@ -113,13 +115,17 @@ end
 -- checked first, so a zombie whose lease passed to another worker learns that its
 -- token is stale; a valid token never lets another worker act as the owner.
 -- Returns nil when it does, else an error code for the service to map.
-local function check_lease(key, worker, token)
-  local f = redis.call('HMGET', key, 'status', 'workerId', 'leaseToken')
+-- `f` holds the task's {status, workerId, leaseToken}.
+local function lease_problem(f, worker, token)
   if not f[1] then return 'not_found' end
   if f[1] ~= 'IN_PROGRESS' then return 'not_in_progress:' .. f[1] end
   if token ~= '' and f[3] ~= token then return 'stale_token' end
   if f[2] ~= worker then return 'not_owner' end
   return nil
+end
+
+local function check_lease(key, worker, token)
+  return lease_problem(redis.call('HMGET', key, 'status', 'workerId', 'leaseToken'), worker, token)
 end
 
 -- Records a task's terminal outcome, exactly once (result and result_batch): the
@@ -128,11 +134,13 @@ end
 -- Returns {'ok', 1 when a callback was queued else 0, command, createdAt ms} | {code}.
 local function record_result(id, now, worker, token, status, record, err, limit)
   local key = k_task(id)
-  local problem = check_lease(key, worker, token)
+  -- one read for the lease check, the cancel flag, the metrics and the callback
+  local task = redis.call('HMGET', key, 'status', 'workerId', 'leaseToken', 'cancelRequested',
+    'command', 'createdAt', 'webhook', 'traceParent')
+  local problem = lease_problem(task, worker, token)
   if problem then return {problem} end
-  if redis.call('HGET', key, 'cancelRequested') == '1' then return {'cancelled'} end
-  local task = redis.call('HMGET', key, 'command', 'createdAt')
-  redis.call('ZREM', k_inprog(task[1]), id)
+  if task[4] == '1' then return {'cancelled'} end
+  redis.call('ZREM', k_inprog(task[5]), id)
   redis.call('HSET', key, 'status', status, 'error', err, 'leaseUntil', '', 'leaseToken', '',
     'updatedAt', now, 'completedAt', now)
   redis.call('SET', k_result(id), record)
@@ -140,8 +148,8 @@ local function record_result(id, now, worker, token, status, record, err, limit)
   local detail = {worker = worker}
   if err ~= '' then detail['error'] = err end
   history(id, now, string.lower(status), detail, limit)
-  local queued = enqueue_callback(id, key, now, record) and 1 or 0
-  return {'ok', queued, task[1], task[2]}
+  local queued = enqueue_callback(id, key, now, record, {task[7], task[5], task[8]}) and 1 or 0
+  return {'ok', queued, task[5], task[6]}
 end
 
 -- Retry delay in ms for the attempt just failed, as codeQ documents its policies.
