@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
 from codeq import systemd
-from codeq.actors.base import Actor, Supervisor
+from codeq.actors.base import Actor, Supervisor, first_of
 from codeq.actors.cleaner import SubscriptionCleaner
 from codeq.actors.dispatcher import CallbackDispatcher
 from codeq.actors.janitor import Janitor
@@ -311,7 +311,7 @@ class Daemon:
         if self.embedded is not None:
             fatal.append(self.embedded.failed)
         while not (self._stop.is_set() or any(event.is_set() for event in fatal)):
-            await _first_of([self._stop, self._reload, *fatal])
+            await first_of([self._stop, self._reload, *fatal])
             if self._reload.is_set() and not self._stop.is_set():
                 self._reload.clear()
                 await self.reload()
@@ -393,12 +393,3 @@ class Daemon:
             await self.embedded.stop()
         log.info("stopped")
 
-
-async def _first_of(events: list[asyncio.Event]) -> None:
-    """Waits until one of the events is set."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -39,6 +39,7 @@ from pathlib import Path
 import structlog
 
 from codeq import systemd
+from codeq.actors.base import first_of
 from codeq.auth.dev import load_or_create_dev_token
 from codeq.config import Config
 from codeq.store.embedded import EmbeddedRedis
@@ -200,7 +201,7 @@ class WorkerProcesses:
             if self._stop.is_set() or self._failed.is_set():
                 return False
             self._changed.clear()
-            await _first_of([self._changed, self._stop, self._failed])
+            await first_of([self._changed, self._stop, self._failed])
         self._started = True
         return True
 
@@ -253,7 +254,7 @@ class WorkerProcesses:
                 self._hup.clear()
                 await self._reload()
                 continue
-            await _first_of([self._stop, self._hup, *fatal])
+            await first_of([self._stop, self._hup, *fatal])
         return 0
 
     # ------------------------------------------------------------ the workers
@@ -337,7 +338,7 @@ class WorkerProcesses:
                 break
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first_of([self._changed, self._stop]), remaining)
+                await asyncio.wait_for(first_of([self._changed, self._stop]), remaining)
         log.info("reloaded workers", workers=[worker.pid for worker in self.workers])
         systemd.notify("READY=1", f"STATUS={self._status()}")
 
@@ -386,15 +387,6 @@ class WorkerProcesses:
         log.info("stopped", exit_code=code)
         return code
 
-
-async def _first_of(events: list[asyncio.Event]) -> None:
-    """Waits until one of the events is set."""
-    waits = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()
 
 
 def _die_with_parent_hook() -> Callable[[], None] | None:

@@ -12,7 +12,9 @@ Fixtures
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from redis.asyncio import Redis
 
 from codeq.config import Config, StaticToken
@@ -328,3 +331,150 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PORT"))}
     env.update(extra)
     return env
+
+
+# ------------------------------------------------------------ subprocess daemons
+
+
+class ServeProcess:
+    """A `codeq serve` child: its pid, base URL and stderr log (JSON lines)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env["PORT"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "wb") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                serve_command(*args),
+                env=subprocess_env(**env),
+                cwd=log_path.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        self.pid = self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The JSON log lines whose event is `name`."""
+        found = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == name:
+                    found.append(record)
+        return found
+
+    async def ready(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
+        """Waits until GET /readyz answers 200; fails at once if the child exited."""
+
+        async def answers() -> bool:
+            assert self.proc.poll() is None, f"codeq serve exited:\n{self.log_text()}"
+            try:
+                async with http.get(self.url + "/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(answers, timeout, interval=0.05, message=f"{self.url}/readyz")
+
+    async def exited(self, timeout: float) -> int:
+        """Waits for the child to exit and returns its exit code."""
+        await wait_for(lambda: self.proc.poll() is not None, timeout, message="exit")
+        return self.proc.returncode
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers (teardown)."""
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., ServeProcess]]:
+    """Starts `codeq serve` children (env as keyword arguments); stops them all afterwards.
+
+    The children see no service manager, watchdog or log settings of the test run's own."""
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LOG_LEVEL", "LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    started: list[ServeProcess] = []
+
+    def start(*args: str, **env: str) -> ServeProcess:
+        env.setdefault("PORT", str(free_port()))
+        env.setdefault("LOG_FORMAT", "json")
+        child = ServeProcess(list(args), env, tmp_path / f"serve-{len(started)}.log")
+        started.append(child)
+        return child
+
+    yield start
+    for child in reversed(started):
+        child.stop()
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    """A short state directory (the embedded store's Unix socket path must fit 107 bytes).
+
+    Request it before `serve`, so the daemon using it stops before it is removed."""
+    path = Path(tempfile.mkdtemp(prefix="cq-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    """A YAML config file holding the test identities as static tokens."""
+    path = tmp_path / "tokens.yaml"
+    tokens = {token: claims for token, claims in TOKENS.values()}
+    path.write_text(yaml.safe_dump({"staticTokens": tokens}))
+    return path
+
+
+# ------------------------------------------------------------ /proc
+
+
+def children_of(pid: int) -> set[int]:
+    """The pids whose parent is `pid`, read from /proc."""
+    found = set()
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(after_name[1]) == pid:
+            found.add(int(stat_file.parent.name))
+    return found
+
+
+def _tcp_rows(table: str) -> Iterator[tuple[str, int, str, int, str, int]]:
+    """(local host hex, local port, remote host hex, remote port, state, rx_queue) rows."""
+    for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, queues = fields[1], fields[2], fields[3], fields[4]
+        local_host, local_port = local.split(":")
+        remote_host, remote_port = remote.split(":")
+        rx_queue = int(queues.split(":")[1], 16)
+        yield local_host, int(local_port, 16), remote_host, int(remote_port, 16), state, rx_queue
+
+
+TCP_ESTABLISHED, TCP_LISTEN = "01", "0A"
+LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp writes it
+
+
+def server_has_read(server_port: int, client_port: int) -> bool:
+    """True once the server's end of a loopback connection exists and holds no unread bytes."""
+    return any(
+        local_port == server_port and remote_port == client_port
+        and state == TCP_ESTABLISHED and rx_queue == 0
+        for _, local_port, _, remote_port, state, rx_queue in _tcp_rows("tcp")
+    )  # fmt: skip
+
+
+def listening_hosts(port: int) -> set[str]:
+    """The local addresses (hex, as in /proc/net/tcp{,6}) listening on a TCP port."""
+    return {
+        host
+        for table in ("tcp", "tcp6")
+        for host, local_port, _, _, state, _ in _tcp_rows(table)
+        if local_port == port and state == TCP_LISTEN
+    }

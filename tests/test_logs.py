@@ -11,8 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import TOKENS, Api, RedisProcess, free_port
-from test_processes import ServeProcess
+from conftest import TOKENS, Api, RedisProcess, ServeProcess, free_port
 
 SECRET = "hmac-secret-that-must-not-leak"
 BAD_TOKEN = "forged-token-that-must-not-leak-either"

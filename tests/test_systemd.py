@@ -22,8 +22,15 @@ import aiohttp
 import pytest
 import structlog
 import yaml
-from conftest import TOKENS, Api, free_port, wait_for
-from test_processes import ServeProcess, listening_hosts, server_has_read
+from conftest import (
+    TOKENS,
+    Api,
+    ServeProcess,
+    free_port,
+    listening_hosts,
+    server_has_read,
+    wait_for,
+)
 
 from codeq import systemd
 from codeq.config import Config
@@ -68,27 +75,6 @@ def manager() -> Iterator[FakeManager]:
     yield fake
     fake.sock.close()
     shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., ServeProcess]]:
-    """Starts `codeq serve` children (env as keyword arguments); stops them all afterwards.
-
-    The children see no manager, watchdog or log level of the test run's own."""
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LOG_LEVEL", "LOG_FORMAT"):
-        monkeypatch.delenv(name, raising=False)
-    started: list[ServeProcess] = []
-
-    def start(*args: str, **env: str) -> ServeProcess:
-        env.setdefault("PORT", str(free_port()))
-        env.setdefault("LOG_FORMAT", "json")
-        child = ServeProcess(list(args), env, tmp_path / f"serve-{len(started)}.log")
-        started.append(child)
-        return child
-
-    yield start
-    for child in reversed(started):
-        child.stop()
 
 
 def write_config(path: Path, log_level: str = "info", tokens: dict[str, Any] | None = None) -> Path:

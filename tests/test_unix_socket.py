@@ -18,8 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TOKENS, make_config, serve_command, subprocess_env
-from test_processes import ServeProcess, serve, tokens_file  # noqa: F401 - fixtures
+from conftest import TOKENS, ServeProcess, make_config, serve_command, subprocess_env
 
 from codeq.config import ConfigError, load_config
 from codeq.daemon import Daemon
@@ -114,10 +113,10 @@ async def test_tcp_can_be_turned_off(
 
 
 async def test_socket_mode_and_group_as_configured_and_removed_at_sigterm(
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
     socket_path: Path,
 ) -> None:
     """UNIX_SOCKET_MODE=0640 and UNIX_SOCKET_GROUP: the socket has them; SIGTERM removes it."""

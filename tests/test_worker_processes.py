@@ -16,15 +16,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import TOKENS, free_port, serve_command, subprocess_env, wait_for
-from test_processes import (  # noqa: F401 - fixtures
-    TASKS,
+from conftest import (
+    TOKENS,
     ServeProcess,
     children_of,
-    serve,
-    state_dir,
-    tokens_file,
+    free_port,
+    serve_command,
+    subprocess_env,
+    wait_for,
 )
+from test_processes import TASKS
 
 from codeq.config import ConfigError, load_config
 
@@ -129,8 +130,8 @@ async def next_message(sock: socket.socket, timeout: float = 20.0) -> set[str]:
 
 
 async def test_workers_share_the_port_and_one_embedded_store(
-    state_dir: Path,  # noqa: F811
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    state_dir: Path,
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
 ) -> None:
     """--workers 2: two worker pids listen on the port and both answer; one redis-server."""
@@ -160,10 +161,10 @@ async def test_workers_share_the_port_and_one_embedded_store(
 
 
 async def test_ready_only_when_every_worker_is(
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
     notify_socket: socket.socket,
 ) -> None:
     """NOTIFY_SOCKET: one READY=1, from the supervisor, after both workers; STOPPING=1 at stop."""
@@ -184,10 +185,10 @@ async def test_ready_only_when_every_worker_is(
 
 
 async def test_sigterm_drains_every_worker_and_exits_zero(
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
 ) -> None:
     """SIGTERM to the supervisor: every worker exits 0, then it does; nothing is left."""
     parent = serve("--config", str(tokens_file), "--workers", "2", REDIS_ADDR=store_url)
@@ -206,10 +207,10 @@ async def test_sigterm_drains_every_worker_and_exits_zero(
 
 
 async def test_a_killed_worker_is_replaced(
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
 ) -> None:
     """SIGKILL of a worker: the supervisor starts another, which serves the port too."""
     parent = serve("--config", str(tokens_file), "--workers", "2", REDIS_ADDR=store_url)
@@ -242,10 +243,10 @@ def test_workers_need_a_fixed_port() -> None:
 
 
 async def test_a_worker_stuck_past_the_watchdog_is_replaced(
-    serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
     notify_socket: socket.socket,
 ) -> None:
     """WATCHDOG_USEC: a worker that stops pinging (SIGSTOP) is killed and replaced."""
@@ -268,7 +269,7 @@ async def test_a_worker_stuck_past_the_watchdog_is_replaced(
 def test_a_worker_that_cannot_start_fails_the_start(
     tmp_path: Path,
     store_url: str,
-    tokens_file: Path,  # noqa: F811
+    tokens_file: Path,
 ) -> None:
     """A worker refused at start (its Unix socket is in use): the supervisor exits 1."""
     path = Path(tempfile.mkdtemp(prefix="cq-", dir="/tmp")) / "api.sock"

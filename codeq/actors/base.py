@@ -47,6 +47,16 @@ class Actor(ABC):
         self._wake.clear()
 
 
+async def first_of(events: list[asyncio.Event]) -> None:
+    """Waits until one of the events is set (the waits it starts are always cancelled)."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 def raise_if_cancelled() -> None:
     """Raises CancelledError if this task was asked to stop but the request was lost.
 
