@@ -392,4 +392,3 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("stopped")
-

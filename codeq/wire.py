@@ -23,16 +23,19 @@ from codeq.domain import (
     Callback,
     ClaimRequest,
     CodeqError,
+    Conflict,
     DeadLetter,
     DeliveryMode,
     DlqPage,
     DlqPosition,
     DlqQuery,
+    Forbidden,
     HistoryEntry,
     Invalid,
     NackOutcome,
     NewSubscription,
     NewTask,
+    NotFound,
     QueueStats,
     RedriveOutcome,
     RedriveRequest,
@@ -41,11 +44,28 @@ from codeq.domain import (
     Status,
     Subscription,
     Task,
+    TooLarge,
+    TooManyRequests,
+    Unauthenticated,
+    Unavailable,
     clamp_priority,
     rfc3339,
 )
 
 Body = Mapping[str, Any]
+
+# The status code of each domain error: the HTTP status, which the other transports
+# use too (a WebSocket error frame's "code", a batch item's "code").
+ERROR_STATUS: Mapping[type[CodeqError], int] = {
+    Invalid: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    TooManyRequests: 429,
+    Unavailable: 503,
+}
 
 CREATE_FIELDS = frozenset(
     {

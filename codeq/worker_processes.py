@@ -388,7 +388,6 @@ class WorkerProcesses:
         return code
 
 
-
 def _die_with_parent_hook() -> Callable[[], None] | None:
     """A pre-exec hook that has a worker get SIGTERM (and drain) if the supervisor dies."""
     if not sys.platform.startswith("linux"):

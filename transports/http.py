@@ -16,18 +16,12 @@ from aiohttp import web
 from codeq import metrics, wire
 from codeq.domain import (
     CodeqError,
-    Conflict,
-    Forbidden,
-    Invalid,
     LeaseProof,
     NewTask,
     NotFound,
     Principal,
     Task,
-    TooLarge,
     TooManyRequests,
-    Unauthenticated,
-    Unavailable,
     rfc3339,
 )
 from codeq.ratelimit import Scope
@@ -44,16 +38,7 @@ WARNING: Any = (
     web.RequestKey("codeq.warning", str) if hasattr(web, "RequestKey") else "codeq.warning"
 )
 
-_STATUS: dict[type[CodeqError], int] = {
-    Invalid: 400,
-    Unauthenticated: 401,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    TooLarge: 413,
-    TooManyRequests: 429,
-    Unavailable: 503,
-}
+_STATUS = wire.ERROR_STATUS
 
 # The per-token rate limit (SPEC §6) of each route, by method and route path: a
 # route is limited by adding its line here.

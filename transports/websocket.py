@@ -29,7 +29,6 @@ from codeq.domain import (
     NotFound,
     Principal,
     Task,
-    TooLarge,
     TooManyRequests,
     Unauthenticated,
     Unavailable,
@@ -62,17 +61,7 @@ class CloseCode(IntEnum):
     FORBIDDEN = 4403
 
 
-# The wire form of domain errors: the HTTP status codes, in error frames' "code".
-_STATUS: dict[type[CodeqError], int] = {
-    Invalid: 400,
-    Unauthenticated: 401,
-    Forbidden: 403,
-    NotFound: 404,
-    Conflict: 409,
-    TooLarge: 413,
-    TooManyRequests: 429,
-    Unavailable: 503,
-}
+_STATUS = wire.ERROR_STATUS
 
 READY_FIELDS = frozenset({"type", "id", "commands", "leaseSeconds", "credits"})
 RESULTS_FIELDS = frozenset({"type", "id", "results"})
