@@ -141,6 +141,7 @@ class Daemon:
             history_limit=config.history_limit,
             idempotency_ttl_ms=config.idempotency_ttl_seconds * 1000,
             timed=config.metrics_enabled,
+            timeout=config.store_timeout_seconds,
         )
         await self.store.connect()
         retry = retry_policy(config)
@@ -223,7 +224,10 @@ class Daemon:
             url,
             password=password,
             decode_responses=True,
-            socket_timeout=config.store_timeout_seconds,
+            # Operations are bounded by the Store (asyncio.timeout), not by a socket
+            # timeout: see Store._reachable. None must be explicit (redis-py's default
+            # is 5 s). The ready channel's listen must not time out either.
+            socket_timeout=None,
             socket_connect_timeout=config.store_timeout_seconds,
             max_connections=config.store_max_connections,
             health_check_interval=30,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -145,13 +146,6 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-@asynccontextmanager
-async def _reachable() -> AsyncIterator[None]:
-    """Turns the store being down into the domain's Unavailable (a 503, never a 500)."""
-    try:
-        yield
-    except _UNAVAILABLE as exc:
-        raise Unavailable(f"store unavailable: {exc}") from exc
 
 
 class Store:
@@ -166,18 +160,37 @@ class Store:
         history_limit: int = 32,
         idempotency_ttl_ms: int = 86_400_000,
         timed: bool = True,
+        timeout: float | None = None,
     ) -> None:
         self.redis = redis
         self._timed = timed
+        self._timeout = timeout
         self.origin = origin
         self._history_limit = history_limit
         self._idempotency_ttl_ms = idempotency_ttl_ms
         self._scripts = Scripts(redis)
         self._known_tenants: set[str] = set()
 
+    @asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        """Bounds a store operation by the store timeout and turns the store being down
+        or hung into the domain's Unavailable (a 503, never a 500).
+
+        The timeout is here rather than redis-py's socket_timeout, which on Python 3.11
+        wraps every read in asyncio.wait_for (a task per command, a fifth of a bare
+        request's cost). redis-py drops a connection whose command was cancelled, so a
+        late reply is never read by the next command."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except TimeoutError as exc:
+            raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+
     async def connect(self) -> None:
         """Checks the store answers and loads the scripts."""
-        async with _reachable():
+        async with self._reachable():
             await self.redis.ping()
             await self._scripts.load(self.redis)
 
@@ -185,11 +198,11 @@ class Store:
         await self.redis.aclose()
 
     async def ping(self) -> bool:
-        async with _reachable():
+        async with self._reachable():
             return bool(await self.redis.ping())
 
     async def _call(self, name: str, tag: str, *args: Any) -> Any:
-        async with _reachable():
+        async with self._reachable():
             if not self._timed:
                 return await self._scripts(name, keys.prefix(tag), *args)
             started = time.perf_counter()
@@ -199,7 +212,7 @@ class Store:
 
     async def tenant_name(self, tag: str) -> str:
         """The tenant a tag stands for (as registered by its first write)."""
-        async with _reachable():
+        async with self._reachable():
             name = await self.redis.hget(keys.meta(tag), "tenant")
         return str(name) if name else tag
 
@@ -213,14 +226,14 @@ class Store:
         """
         if tag in self._known_tenants:
             return
-        async with _reachable(), self.redis.pipeline(transaction=False) as pipe:
+        async with self._reachable(), self.redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.TENANTS, tag)
             pipe.hset(keys.meta(tag), "tenant", tenant)
             await pipe.execute()
         self._known_tenants.add(tag)
 
     async def tenants(self) -> list[str]:
-        async with _reachable():
+        async with self._reachable():
             members: set[str] = await self.redis.smembers(keys.TENANTS)  # type: ignore[assignment]
             return sorted(members)
 
@@ -594,7 +607,7 @@ class Store:
     ) -> int | None:
         """Takes `cost` tokens from the bucket of a bearer token and scope; None when
         taken, else the milliseconds until enough tokens are there (nothing taken)."""
-        async with _reachable():
+        async with self._reachable():
             allowed, wait_ms = await self._scripts(
                 "ratelimit",
                 keys.rate_limit(token, scope),
@@ -640,7 +653,7 @@ class Store:
 
     async def subscriptions(self, tag: str, *, now_ms: int) -> list[Subscription]:
         """The tenant's live subscriptions, soonest to expire first."""
-        async with _reachable():
+        async with self._reachable():
             ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
                 keys.subscriptions(tag), f"({now_ms}", "+inf"
             )
@@ -699,7 +712,7 @@ class Store:
 
     async def abandoned_callbacks(self, tag: str, *, limit: int) -> list[Callback]:
         """The tenant's abandoned callbacks, newest first."""
-        async with _reachable():
+        async with self._reachable():
             ids: list[str] = await self.redis.zrevrange(  # type: ignore[assignment]
                 keys.abandoned_callbacks(tag), 0, limit - 1
             )
@@ -714,19 +727,19 @@ class Store:
         return int(await self._call("outbox_prune", tag, before_ms, limit))
 
     async def outbox_depth(self, tag: str) -> int:
-        async with _reachable():
+        async with self._reachable():
             return int(await self.redis.zcard(keys.outbox(tag)))
 
     # ------------------------------------------------------------ reads
 
     async def get_task(self, tag: str, task_id: str) -> Task | None:
-        async with _reachable():
+        async with self._reachable():
             fields: dict[str, str] = await self.redis.hgetall(keys.task(tag, task_id))  # type: ignore[assignment]
         return task_from_fields(fields) if fields else None
 
     async def get_result(self, tag: str, task_id: str) -> tuple[Task | None, Result | None]:
         """A task and its result, read together in one round trip."""
-        async with _reachable(), self.redis.pipeline(transaction=False) as pipe:
+        async with self._reachable(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(keys.task(tag, task_id))
             pipe.get(keys.result(tag, task_id))
             fields, raw = await pipe.execute()
@@ -734,7 +747,7 @@ class Store:
         return task, (result_from_record(orjson.loads(raw)) if raw and task else None)
 
     async def history(self, tag: str, task_id: str) -> list[HistoryEntry]:
-        async with _reachable():
+        async with self._reachable():
             raw = await self.redis.lrange(keys.history(tag, task_id), 0, -1)
         entries = []
         for item in raw:
