@@ -11,6 +11,9 @@ from codeq.auth.claims import as_worker, principal_from_claims
 from codeq.domain import Principal, Unauthenticated
 
 
+PRINCIPAL_CACHE_SIZE = 10_000
+
+
 class AuthProvider(Protocol):
     """Verifies a bearer token and returns its claims, or raises Unauthenticated."""
 
@@ -48,12 +51,13 @@ class Authenticator:
     ) -> None:
         self._producer = producer
         self._worker = worker
+        self._principals: dict[str, tuple[Mapping[str, Any], Principal]] = {}
         self._audience = worker_audience
         self._producer_as_worker = allow_producer_as_worker
 
     async def producer(self, token: str | None) -> Principal:
-        claims = await self._producer.verify(_present(token))
-        return principal_from_claims(claims, worker_audience=self._audience)
+        token = _present(token)
+        return self._principal(token, await self._producer.verify(token))
 
     async def worker(self, token: str | None) -> Principal:
         token = _present(token)
@@ -63,7 +67,7 @@ class Authenticator:
             if not self._producer_as_worker:
                 raise
             return as_worker(await self.producer(token))
-        who = principal_from_claims(claims, worker_audience=self._audience)
+        who = self._principal(token, claims)
         if not who.worker:
             if self._producer_as_worker:
                 return as_worker(who)
@@ -76,6 +80,19 @@ class Authenticator:
             return await self.producer(token)
         except Unauthenticated:
             return await self.worker(token)
+
+    def _principal(self, token: str, claims: Mapping[str, Any]) -> Principal:
+        """The Principal of verified claims, remembered per token while the provider
+        keeps answering with the same claims object (static tokens, the JWKS
+        verified-token cache), so the hot path does not rebuild it per request."""
+        known = self._principals.get(token)
+        if known is not None and known[0] is claims:
+            return known[1]
+        who = principal_from_claims(claims, worker_audience=self._audience)
+        self._principals[token] = (claims, who)
+        if len(self._principals) > PRINCIPAL_CACHE_SIZE:
+            self._principals.pop(next(iter(self._principals)))
+        return who
 
 
 class Authenticates(Protocol):
