@@ -130,46 +130,25 @@ def _access(request: web.Request, status: int, seconds: float) -> None:
 async def _caller(
     request: web.Request, authenticate: Callable[[str | None], Awaitable[Principal]]
 ) -> Principal:
-    """Authenticates the bearer token and binds who is calling to the request's log
-    context (the tenant and subject, never the token)."""
-    who = await authenticate(_bearer(request))
+    """Authenticates the bearer token, binds who is calling to the request's log
+    context (the tenant and subject, never the token), and spends the token's rate
+    limit of the route (RATE_LIMITED) -- after authentication, so a missing or
+    invalid token is a 401 that spends nothing, and before the body is read, so a
+    refused request does no work."""
+    token = _bearer(request)
+    who = await authenticate(token)
     structlog.contextvars.bind_contextvars(tenant=who.tenant, subject=who.subject)
+    limiter = request.app[CTX].limiter
+    if limiter is not None and token is not None:
+        resource = request.match_info.route.resource
+        scope = RATE_LIMITED.get((request.method, resource.canonical)) if resource else None
+        if scope is not None and limiter.applies(scope):
+            await limiter.enforce(token, scope)
     return who
 
 
 def _bind_task(task: Task) -> None:
     structlog.contextvars.bind_contextvars(command=task.command, task_id=task.id)
-
-
-@web.middleware
-async def rate_limits(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Spends the bearer token's bucket for the route's scope (RATE_LIMITED) before the
-    handler runs; a spent bucket is a 429 and the handler never runs. Only a token
-    that authenticates as the route's kind is counted: any other goes on to the
-    handler's 401."""
-    ctx = request.app[CTX]
-    resource = request.match_info.route.resource
-    scope = RATE_LIMITED.get((request.method, resource.canonical)) if resource else None
-    token = _bearer(request)
-    if scope is None or ctx.limiter is None or token is None or not ctx.limiter.applies(scope):
-        return await handler(request)
-    try:
-        await _authenticator_for(ctx, scope)(token)
-    except CodeqError:
-        return await handler(request)
-    await ctx.limiter.enforce(token, scope)
-    return await handler(request)
-
-
-def _authenticator_for(
-    ctx: TransportContext, scope: Scope
-) -> Callable[[str | None], Awaitable[Principal]]:
-    """How the routes of a rate-limit scope authenticate their callers."""
-    if scope is Scope.CREATE:
-        return ctx.auth.producer
-    if scope is Scope.CLAIM:
-        return ctx.auth.worker
-    return ctx.auth.anyone
 
 
 async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
@@ -512,7 +491,7 @@ async def metrics_exposition(request: web.Request) -> web.Response:
 
 def build_app(ctx: TransportContext) -> web.Application:
     app = web.Application(
-        middlewares=[errors_and_request_id, rate_limits], client_max_size=ctx.config.max_body_bytes
+        middlewares=[errors_and_request_id], client_max_size=ctx.config.max_body_bytes
     )
     app[CTX] = ctx
     app.router.add_get("/healthz", healthz)

@@ -202,13 +202,18 @@ class Store:
             return bool(await self.redis.ping())
 
     async def _call(self, name: str, tag: str, *args: Any) -> Any:
-        async with self._reachable():
-            if not self._timed:
-                return await self._scripts(name, keys.prefix(tag), *args)
-            started = time.perf_counter()
-            reply = await self._scripts(name, keys.prefix(tag), *args)
+        """Runs a script: _reachable() spelled out, as this is every operation's path."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._scripts(name, keys.prefix(tag), *args)
+        except TimeoutError as exc:
+            raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
+        except _UNAVAILABLE as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+        if self._timed:
             metrics.store_latency(name).observe(time.perf_counter() - started)
-            return reply
+        return reply
 
     async def tenant_name(self, tag: str) -> str:
         """The tenant a tag stands for (as registered by its first write)."""
