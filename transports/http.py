@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from codeq import metrics, wire
+from codeq import metrics, openapi, wire
 from codeq.domain import (
     CodeqError,
     LeaseProof,
@@ -472,6 +472,10 @@ async def admin_callbacks(request: web.Request) -> web.Response:
     return _respond(request, {"abandoned": [wire.callback_to_wire(c) for c in callbacks]})
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return json_response(openapi.document())
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -497,6 +501,7 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_exposition)
+    app.router.add_get("/openapi.json", openapi_document)
     app.router.add_post(f"{PREFIX}/tasks", create_task)
     app.router.add_post(f"{PREFIX}/tasks/claim", claim_task)
     app.router.add_post(f"{PREFIX}/tasks/batch", create_batch)
