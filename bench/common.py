@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -185,6 +185,27 @@ async def create_task(http: aiohttp.ClientSession, daemon: Daemon, token: str) -
         return str((await resp.json())["id"])
 
 
+Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
+
+
+async def per_second(
+    http: aiohttp.ClientSession, request: Request, seconds: float, concurrency: int
+) -> float:
+    """How many times per second `concurrency` loops complete `request`."""
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def loop() -> None:
+        nonlocal done
+        while time.monotonic() < deadline:
+            await request(http)
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return done / (time.monotonic() - started)
+
+
 async def rate(
     http: aiohttp.ClientSession,
     url: str,
@@ -193,21 +214,14 @@ async def rate(
     concurrency: int,
 ) -> float:
     """Authenticated GETs of `url` per second, from `concurrency` loops."""
-    done = 0
-    deadline = time.monotonic() + seconds
 
-    async def loop() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            headers = {"Authorization": f"Bearer {next_token()}"}
-            async with http.get(url, headers=headers) as resp:
-                await resp.read()
-                assert resp.status == 200, resp.status
-            done += 1
+    async def get(session: aiohttp.ClientSession) -> None:
+        headers = {"Authorization": f"Bearer {next_token()}"}
+        async with session.get(url, headers=headers) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
 
-    started = time.monotonic()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return done / (time.monotonic() - started)
+    return await per_second(http, get, seconds, concurrency)
 
 
 class NotBuilt(Exception):

@@ -17,19 +17,16 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from common import Daemon, create_task
+from common import Daemon, Request, create_task, per_second
 
 from codeq.observability import configure_logging
 
 TOKEN = "bench-static-token-acme-000001"
 CONFIG = {"staticTokens": {TOKEN: {"sub": "svc-a", "tenantId": "acme"}}}
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
-
-Request = Callable[[aiohttp.ClientSession], Awaitable[None]]
 
 
 def get_task(url: str) -> Request:
@@ -48,23 +45,6 @@ def create(url: str) -> Request:
             assert resp.status == 202, resp.status
 
     return call
-
-
-async def per_second(
-    http: aiohttp.ClientSession, request: Request, seconds: float, concurrency: int
-) -> float:
-    done = 0
-    deadline = time.monotonic() + seconds
-
-    async def loop() -> None:
-        nonlocal done
-        while time.monotonic() < deadline:
-            await request(http)
-            done += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(loop() for _ in range(concurrency)))
-    return done / (time.monotonic() - started)
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -187,6 +188,17 @@ def redis_server() -> Iterator[RedisProcess]:
     with tempfile.TemporaryDirectory(prefix="cq-redis-") as data:
         server = RedisProcess(free_port(), Path(data))
         yield server
+        server.stop()
+
+
+@pytest.fixture
+def own_store() -> Iterator[RedisProcess]:
+    """A store of the test's own (not the session's), so it may be frozen (SIGSTOP) or
+    stopped without hurting other tests; thawed and stopped at teardown."""
+    with tempfile.TemporaryDirectory(prefix="cq-own-") as data:
+        server = RedisProcess(free_port(), Path(data))
+        yield server
+        os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
 
 

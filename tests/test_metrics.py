@@ -7,15 +7,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
-from conftest import Api, RedisProcess, RunningDaemon, free_port, wait_for
+from conftest import Api, RedisProcess, RunningDaemon, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -138,16 +136,6 @@ async def test_metrics_can_be_turned_off(
         assert resp.status == 404
         assert "metricsEnabled" in (await resp.json())["error"]
     await Api(http, daemon.url).create("OFF")
-
-
-@pytest.fixture
-def own_store() -> Iterator[RedisProcess]:
-    """A store of this test's own, so it can be frozen without hurting the others."""
-    with tempfile.TemporaryDirectory(prefix="cq-metrics-") as data:
-        server = RedisProcess(free_port(), Path(data))
-        yield server
-        os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
 
 
 async def test_metrics_answer_in_time_when_the_store_hangs(

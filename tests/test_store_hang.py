@@ -5,37 +5,24 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pytest
-from conftest import Api, RedisProcess, RunningDaemon, free_port, wait_for
-
-
-@pytest.fixture
-def frozen_store() -> Iterator[RedisProcess]:
-    """A store of this test's own, so it can be frozen without hurting the others."""
-    with tempfile.TemporaryDirectory(prefix="cq-hang-") as data:
-        server = RedisProcess(free_port(), Path(data))
-        yield server
-        os.kill(server.proc.pid, signal.SIGCONT)
-        server.stop()
+from conftest import Api, RedisProcess, RunningDaemon, wait_for
 
 
 async def test_hung_store_gives_503_within_the_store_timeout(
-    frozen_store: RedisProcess,
+    own_store: RedisProcess,
     start_daemon: Callable[..., Awaitable[RunningDaemon]],
     http: Any,
 ) -> None:
     """With the store frozen, create, claim and get answer 503 after about the store
     timeout; once it thaws, the same calls succeed on the same daemon."""
-    daemon = await start_daemon(redis_addr=frozen_store.url, store_timeout_seconds=0.5)
+    daemon = await start_daemon(redis_addr=own_store.url, store_timeout_seconds=0.5)
     api = Api(http, daemon.url)
     task = await api.create("HANG")
-    os.kill(frozen_store.proc.pid, signal.SIGSTOP)
+    os.kill(own_store.proc.pid, signal.SIGSTOP)
     try:
         for method, path, who, body in (
             ("POST", "/v1/codeq/tasks", "producer", {"command": "HANG"}),
@@ -49,7 +36,7 @@ async def test_hung_store_gives_503_within_the_store_timeout(
             assert "0.5s" in answer["error"], answer
             assert elapsed < 2.0, f"{path} took {elapsed:.2f}s"
     finally:
-        os.kill(frozen_store.proc.pid, signal.SIGCONT)
+        os.kill(own_store.proc.pid, signal.SIGCONT)
 
     async def serves_again() -> bool:
         status, _, _ = await api.call("GET", f"/v1/codeq/tasks/{task['id']}", "producer")
