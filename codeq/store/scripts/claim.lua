@@ -19,17 +19,25 @@ for _, cmd in ipairs(cmds) do
   if redis.call('SISMEMBER', K_PAUSED, cmd) == 0 then open[#open + 1] = cmd end
 end
 
+-- Lists found empty stay empty while this script runs (nothing is pushed), so a
+-- batch claim looks at each empty tier once, not once per task it hands out.
+local empty = {}
+
 -- The list holding the next task to hand out, or nil when all are empty.
 local function next_list()
   for tier = 9, 0, -1 do
     local best, best_at
     for _, cmd in ipairs(open) do
       local list = k_ready(cmd, tier)
-      local head = redis.call('LINDEX', list, -1)
-      if head then
-        if #open == 1 then return list, cmd end
-        local at = tonumber(redis.call('HGET', k_task(head), 'updatedAt')) or 0
-        if not best or at < best_at then best, best_at = {list, cmd}, at end
+      if not empty[list] then
+        local head = redis.call('LINDEX', list, -1)
+        if not head then
+          empty[list] = true
+        else
+          if #open == 1 then return list, cmd end
+          local at = tonumber(redis.call('HGET', k_task(head), 'updatedAt')) or 0
+          if not best or at < best_at then best, best_at = {list, cmd}, at end
+        end
       end
     end
     if best then return best[1], best[2] end
