@@ -96,6 +96,33 @@ async def lateness(api: Api, count: int, spread: float, batched: bool) -> list[f
     return late
 
 
+async def pickup(api: Api, rate: float, seconds: float) -> list[float]:
+    """Milliseconds from each task's creation (its createdAt) to its claim by one of 16
+    long-polling workers, while one producer creates `rate` tasks a second: the
+    created->claimed latency at moderate load, not queueing at saturation."""
+    command = "pickup"
+    total = int(rate * seconds)
+    waits: list[float] = []
+
+    async def produce() -> None:
+        started = time.monotonic()
+        for i in range(total):
+            await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            await api.create({"command": command, "payload": {}})
+
+    async def worker() -> None:
+        while len(waits) < total:
+            task = await api.claim([command], wait=1)
+            if task is None:
+                continue
+            created = datetime.fromisoformat(str(task["createdAt"])).timestamp()
+            waits.append((time.time() - created) * 1000)
+            await api.complete(task)
+
+    await asyncio.wait_for(asyncio.gather(produce(), *(worker() for _ in range(16))), seconds + 30)
+    return waits
+
+
 def mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -142,6 +169,11 @@ async def measure(api: Api, daemon: Daemon, store: StoreServer, args: argparse.N
         f"RSS before: daemon {mib(before[0])}, store {mib(before[1])}; with {deep:,} queued: "
         f"daemon {mib(loaded[0])}, store {mib(loaded[1])}"
     )
+    waits = await pickup(api, args.pickup_rate, 4.0)
+    print(
+        f"created->claimed at {args.pickup_rate:g} tasks/s (16 long-polling HTTP workers): "
+        f"p50 {statistics.median(waits):.1f} ms, p99 {percentile(waits, 0.99):.1f} ms"
+    )
     late = await lateness(api, args.delayed, args.spread, batched)
     print(
         f"delayed-task lateness ({args.delayed:,} tasks due over {args.spread:g} s, 16 "
@@ -156,4 +188,5 @@ if __name__ == "__main__":
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--delayed", type=int, default=2000)
     parser.add_argument("--spread", type=float, default=3.0)
+    parser.add_argument("--pickup-rate", type=float, default=300.0, help="tasks/s")
     uvloop.run(main(parser.parse_args()))
