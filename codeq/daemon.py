@@ -31,7 +31,7 @@ from codeq.auth import ReloadableAuthenticator
 from codeq.auth.factory import Auth, build_auth
 from codeq.config import Config, ConfigError
 from codeq.domain import BackoffPolicy, QueueStats, RetryPolicy, Unavailable
-from codeq.metrics import QueueCollector, exposition
+from codeq.metrics import QueueCollector, StoreSnapshot, exposition
 from codeq.observability import configure_logging
 from codeq.ratelimit import Bucket, RateLimiter, Scope
 from codeq.reload import Changes, yaml_keys
@@ -265,19 +265,23 @@ class Daemon:
         from the store now (bounded by metricsScrapeTimeoutSeconds)."""
         if self._queue_gauges is None:
             self._queue_gauges = QueueCollector(
-                self._queue_rows, timeout=self.config.metrics_scrape_timeout_seconds
+                self._store_snapshot, timeout=self.config.metrics_scrape_timeout_seconds
             )
             self._metrics_registry.register(self._queue_gauges)
         await self._queue_gauges.refresh()
         return exposition(self._metrics_registry)
 
-    async def _queue_rows(self) -> list[tuple[str | None, QueueStats]]:
+    async def _store_snapshot(self) -> StoreSnapshot:
         assert self.store is not None
-        rows: list[tuple[str | None, QueueStats]] = []
+        queues: list[tuple[str | None, QueueStats]] = []
+        subscriptions: list[tuple[str | None, str, int]] = []
+        now = time.time_ns() // 1_000_000
         for tag in await self.store.tenants():
             name = await self.store.tenant_name(tag) if self.config.metrics_tenant_label else None
-            rows += [(name, stats) for stats in await self.store.queue_stats(tag)]
-        return rows
+            queues += [(name, stats) for stats in await self.store.queue_stats(tag)]
+            counts = await self.store.subscription_counts(tag, now_ms=now)
+            subscriptions += [(name, command, n) for command, n in counts.items()]
+        return StoreSnapshot(queues, subscriptions)
 
     # ------------------------------------------------------------ health
 

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -118,6 +119,15 @@ def store_latency(operation: str) -> Any:
 _QUEUES = ("ready", "delayed", "in_progress", "dlq")
 
 
+@dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """What one scrape read from the store: each queue's stats and each command's live
+    subscriptions, with the tenant's name when metricsTenantLabel is on."""
+
+    queues: Sequence[tuple[str | None, QueueStats]] = ()
+    subscriptions: Sequence[tuple[str | None, str, int]] = ()
+
+
 class QueueCollector(Collector):
     """The queue gauges of every tenant, read from the store when scraped.
 
@@ -128,23 +138,20 @@ class QueueCollector(Collector):
     """
 
     def __init__(
-        self,
-        read: Callable[[], Awaitable[Sequence[tuple[str | None, QueueStats]]]],
-        *,
-        timeout: float = 1.0,
+        self, read: Callable[[], Awaitable[StoreSnapshot]], *, timeout: float = 1.0
     ) -> None:
         self._read = read
         self._timeout = timeout
-        self._rows: Sequence[tuple[str | None, QueueStats]] = ()
+        self._snapshot = StoreSnapshot()
         self._up = False
         self._read_at = 0.0
 
     async def refresh(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                self._rows = await self._read()
+                self._snapshot = await self._read()
         except (Unavailable, TimeoutError):
-            self._rows, self._up = (), False
+            self._snapshot, self._up = StoreSnapshot(), False
         else:
             self._up, self._read_at = True, time.time()
 
@@ -152,7 +159,7 @@ class QueueCollector(Collector):
         up = GaugeMetricFamily("codeq_store_up", "1 when the store answered the last scrape.")
         up.add_metric([], 1.0 if self._up else 0.0)
         yield up
-        tenant = any(t is not None for t, _ in self._rows)
+        tenant = any(t is not None for t, _ in self._snapshot.queues)
         labels = ["tenant"] if tenant else []
         depth = GaugeMetricFamily(
             "codeq_queue_depth",
@@ -173,7 +180,7 @@ class QueueCollector(Collector):
             labels=[*labels, "command"],
         )
         sums: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0] * 6)
-        for name, stats in self._rows:
+        for name, stats in self._snapshot.queues:
             key: tuple[str, ...] = (name or "", stats.command) if tenant else (stats.command,)
             row = sums[key]
             for i, count in enumerate((stats.ready, stats.delayed, stats.in_progress, stats.dlq)):
@@ -188,6 +195,20 @@ class QueueCollector(Collector):
             age.add_metric(list(group), max(0.0, row[4]))
             paused.add_metric(list(group), row[5])
         yield from (depth, dlq, age, paused)
+        yield self._subscriptions(labels)
+
+    def _subscriptions(self, labels: list[str]) -> Metric:
+        active = GaugeMetricFamily(
+            "codeq_subscriptions_active",
+            "Live worker subscriptions, by command ('*' for subscriptions to every command).",
+            labels=[*labels, "command"],
+        )
+        sums: dict[tuple[str, ...], int] = defaultdict(int)
+        for tenant, command, count in self._snapshot.subscriptions:
+            sums[(tenant or "", command) if labels else (command,)] += count
+        for group, count in sorted(sums.items()):
+            active.add_metric(list(group), count)
+        return active
 
 
 def exposition(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
@@ -214,11 +235,6 @@ WEBHOOK_LATENCY = Histogram(
 CALLBACKS_ABANDONED = Counter(
     "codeq_webhook_callbacks_abandoned_total",
     "Result callbacks given up on after their last attempt (or refused by the URL guard).",
-)
-SUBSCRIPTIONS_ACTIVE = Gauge(
-    "codeq_subscriptions_active",
-    "Live worker subscriptions, by command ('*' for subscriptions to every command).",
-    ["command"],
 )
 NOTIFICATIONS_DROPPED = Counter(
     "codeq_notifications_dropped_total",

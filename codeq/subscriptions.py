@@ -56,7 +56,8 @@ class Subscriptions:
         self.store = store
         self.guard = guard
         self.settings = settings
-        # Told after a subscription was added or removed (the cleaner recounts the gauge).
+        # Told after a subscription was added or removed (the cleaner plans its next
+        # sweep by the earliest expiry).
         self.changed: Callable[[], None] = lambda: None
 
     async def subscribe(self, who: Principal, new: NewSubscription) -> Subscription:

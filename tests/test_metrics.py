@@ -205,3 +205,17 @@ async def test_dashboard_and_alerts_name_real_metrics(
             assert name in exposed, f"{where}: {name} is not a metric codeq exposes"
             checked += 1
     assert checked >= 20
+
+
+async def test_subscriptions_active_is_read_at_scrape_time(
+    daemon: RunningDaemon, api: Api, http: aiohttp.ClientSession
+) -> None:
+    """codeq_subscriptions_active counts live subscriptions in the store when scraped:
+    a new subscription shows at once, a deleted one is gone at once."""
+    body = {"callbackUrl": "https://example.com/hook", "eventTypes": ["SUBM"]}
+    status, sub, _ = await api.call("POST", "/v1/codeq/workers/subscriptions", "worker", body)
+    assert status == 200, sub
+    assert value(await scrape(http, daemon), "codeq_subscriptions_active", command="SUBM") == 1
+    path = f"/v1/codeq/workers/subscriptions/{sub['id']}"
+    assert (await api.call("DELETE", path, "worker"))[0] == 204
+    assert value(await scrape(http, daemon), "codeq_subscriptions_active", command="SUBM") == 0

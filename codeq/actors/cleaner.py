@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
-from codeq import metrics
 from codeq.actors.scheduler import Scheduler
 from codeq.actors.sweeper import TenantSweeper
 from codeq.store.store import Store
@@ -12,9 +9,9 @@ from codeq.store.store import Store
 
 class SubscriptionCleaner(TenantSweeper):
     """Sweeps every tenant's expired subscriptions, at the earliest expiry or every
-    `interval_seconds`, and keeps `codeq_subscriptions_active` current. Expired
-    subscriptions are never notified even before the cleaner gets to them: the
-    notifier's lookup skips them."""
+    `interval_seconds`. Expired subscriptions are never notified even before the
+    cleaner gets to them (the notifier's lookup skips them), nor counted in
+    `codeq_subscriptions_active` (read from the store at scrape time)."""
 
     name = "subscription cleaner"
 
@@ -23,25 +20,12 @@ class SubscriptionCleaner(TenantSweeper):
     ) -> None:
         super().__init__(store, scheduler, batch=batch, max_idle_ms=int(interval_seconds * 1000))
         self.removed = 0
-        self._active: Counter[str] = Counter()
-        self._shown: set[str] = set()
-
-    async def _sweep(self, now: int) -> bool:
-        self._active.clear()
-        full = await super()._sweep(now)
-        for command in self._shown - set(self._active):
-            metrics.SUBSCRIPTIONS_ACTIVE.labels(command).set(0)
-        for command, count in self._active.items():
-            metrics.SUBSCRIPTIONS_ACTIVE.labels(command).set(count)
-        self._shown |= set(self._active)
-        return full
 
     async def sweep_tenant(self, tag: str, now_ms: int) -> tuple[list[str], int | None]:
-        removed, next_at, active = await self.store.expire_subscriptions(
+        removed, next_at = await self.store.expire_subscriptions(
             tag, now_ms=now_ms, batch=self.batch
         )
         self.removed += removed
-        self._active.update(active)
         if removed >= self.batch:
             next_at = now_ms  # more may have expired: sweep again at once
         return [], next_at

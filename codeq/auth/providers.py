@@ -10,7 +10,6 @@ from typing import Any, Protocol
 from codeq.auth.claims import as_worker, principal_from_claims
 from codeq.domain import Principal, Unauthenticated
 
-
 PRINCIPAL_CACHE_SIZE = 10_000
 
 

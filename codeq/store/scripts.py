@@ -32,6 +32,7 @@ NAMES = (
     "sub_renew",
     "unsubscribe",
     "sub_expire",
+    "sub_counts",
     "notify_pick",
     "outbox_claim",
     "outbox_settle",

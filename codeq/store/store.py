@@ -146,8 +146,6 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(it, it, strict=True))
 
 
-
-
 class Store:
     """The only code that speaks to the store. Methods take the tenant tag and return
     domain objects; lease failures come back as domain errors."""
@@ -670,12 +668,15 @@ class Store:
 
     async def expire_subscriptions(
         self, tag: str, *, now_ms: int, batch: int
-    ) -> tuple[int, int | None, dict[str, int]]:
-        """Removes expired subscriptions; returns how many, the next expiry (ms), and
-        the live subscriptions per command."""
+    ) -> tuple[int, int | None]:
+        """Removes expired subscriptions; returns how many and the next expiry (ms)."""
         reply = await self._call("sub_expire", tag, now_ms, batch)
-        active = {reply[i]: int(reply[i + 1]) for i in range(2, len(reply), 2)}
-        return int(reply[0]), (int(reply[1]) if int(reply[1]) >= 0 else None), active
+        return int(reply[0]), (int(reply[1]) if int(reply[1]) >= 0 else None)
+
+    async def subscription_counts(self, tag: str, *, now_ms: int) -> dict[str, int]:
+        """The live subscriptions of the tenant, per command ('*' for every command)."""
+        reply = await self._call("sub_counts", tag, now_ms)
+        return {reply[i]: int(reply[i + 1]) for i in range(0, len(reply), 2)}
 
     async def pick_subscribers(
         self, tag: str, command: str, *, now_ms: int, seed: int, rr_ttl_ms: int = 86_400_000

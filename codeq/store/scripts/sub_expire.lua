@@ -1,8 +1,7 @@
 -- sub_expire: the subscription cleaner's sweep: removes expired subscriptions.
 -- KEYS[1] tenant prefix
 -- ARGV  1 now ms  2 max to remove
--- Returns {removed, next expiry ms or -1, command, active count, command, active count...}
--- with the active subscriptions of every command that ever had one (for the gauge).
+-- Returns {removed, next expiry ms or -1}.
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', K_SUBS, '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
@@ -16,8 +15,4 @@ end
 local out = {#ids, -1}
 local first = redis.call('ZRANGE', K_SUBS, 0, 0, 'WITHSCORES')
 if first[2] then out[2] = tonumber(first[2]) end
-for _, cmd in ipairs(redis.call('SMEMBERS', K_SUBCMDS)) do
-  out[#out + 1] = cmd
-  out[#out + 1] = redis.call('ZCOUNT', k_subs_of(cmd), '(' .. now, '+inf')
-end
 return out
