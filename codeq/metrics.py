@@ -11,6 +11,7 @@ names -- never task ids, and tenants only when `metricsTenantLabel` is on.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -84,7 +86,10 @@ STREAM_MESSAGES = Counter(
     ["stream", "direction", "type"],
 )
 STREAM_CONNECTIONS = Gauge(
-    "codeq_stream_connections", "Open WebSocket streams, by stream (worker, producer).", ["stream"]
+    "codeq_stream_connections",
+    "Open WebSocket streams, by stream (worker, producer).",
+    ["stream"],
+    multiprocess_mode="livesum",  # under --workers N: the sum over live workers
 )
 
 RATE_LIMIT_HITS = Counter(
@@ -211,10 +216,21 @@ class QueueCollector(Collector):
         return active
 
 
+# Set by `codeq serve --workers N` for its workers: prometheus_client then keeps every
+# counter, histogram and gauge in per-process files there, and any worker's /metrics
+# sums all of them (multiprocess mode), so a scrape sees the whole set.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
 def exposition(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
-    """The process's metrics (and a daemon's own registry, when given) in Prometheus'
-    text format, and its content type."""
-    body = generate_latest(REGISTRY)
+    """The metrics in Prometheus' text format (the whole set of workers' under
+    --workers N), then a daemon's own registry when given; and the content type."""
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        body = generate_latest(combined)
+    else:
+        body = generate_latest(REGISTRY)
     if registry is not None:
         body += generate_latest(registry)
     return body, CONTENT_TYPE_LATEST

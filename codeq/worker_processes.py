@@ -37,11 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import structlog
+from prometheus_client import multiprocess
 
 from codeq import systemd
 from codeq.actors.base import first_of
 from codeq.auth.dev import load_or_create_dev_token
 from codeq.config import Config
+from codeq.metrics import MULTIPROCESS_DIR_ENV
 from codeq.store.embedded import EmbeddedRedis
 
 log = structlog.get_logger("codeq.workers")
@@ -149,6 +151,10 @@ class WorkerProcesses:
         """The workers' environment: ours minus systemd's, plus the embedded store's
         address when this supervisor runs it."""
         env = {k: v for k, v in os.environ.items() if k not in _SYSTEMD_ENV}
+        assert self._dir is not None
+        metrics_dir = self._dir / "metrics"
+        metrics_dir.mkdir()
+        env[MULTIPROCESS_DIR_ENV] = str(metrics_dir)  # one /metrics for the whole set
         config = self.config
         if config.dev_mode:  # made once here, so every worker loads the same token
             await asyncio.to_thread(load_or_create_dev_token, config.state_directory())
@@ -266,6 +272,9 @@ class WorkerProcesses:
             code = await worker.proc.wait()
             worker.ready = False
             self._changed.set()
+            if self._dir is not None and worker.pid is not None:
+                # its live gauges go; its counters stay in the sums, so they never drop
+                multiprocess.mark_process_dead(worker.pid, str(self._dir / "metrics"))  # type: ignore[no-untyped-call]
             if self._stopping:
                 return
             log.warning("worker_exited", worker=worker.index, pid=worker.pid, exit_code=code)

@@ -236,6 +236,54 @@ async def test_a_killed_worker_is_replaced(
         assert resp.status == 202
 
 
+async def test_metrics_count_the_whole_set_of_workers(
+    serve: Callable[..., ServeProcess],
+    store_url: str,
+    tokens_file: Path,
+) -> None:
+    """Whichever worker answers /metrics, its counters sum every worker's (and a
+    killed worker's counts stay in the sums)."""
+    parent = serve("--config", str(tokens_file), "--workers", "2", REDIS_ADDR=store_url)
+    async with aiohttp.ClientSession() as http:
+        await parent.ready(http)
+    await wait_for(lambda: len(parent.events("worker_ready")) == 2, message="both workers")
+    workers = workers_of(parent)
+    headers = {"Authorization": f"Bearer {TOKENS['producer'][0]}"}
+
+    async def create_on_fresh_connections(count: int) -> None:
+        for _ in range(count):  # a connection each: the kernel spreads them over workers
+            async with (
+                aiohttp.ClientSession(headers=headers) as fresh,
+                fresh.post(parent.url + TASKS, json={"command": "MW"}) as resp,
+            ):
+                assert resp.status == 202
+
+    async def created_counts(scrapes: int) -> set[float]:
+        seen = set()
+        for _ in range(scrapes):
+            async with (
+                aiohttp.ClientSession() as fresh,
+                fresh.get(parent.url + "/metrics") as resp,
+            ):
+                text = await resp.text()
+            line = next(x for x in text.splitlines() if x.startswith(SAMPLE))
+            seen.add(float(line.split()[-1]))
+        return seen
+
+    await create_on_fresh_connections(20)
+    assert await serving_pids(parent.port, workers) == workers  # both really serve
+    assert await created_counts(10) == {20.0}
+    os.kill(min(workers), signal.SIGKILL)
+    await wait_for(
+        lambda: len(parent.events("worker_ready")) == 3, timeout=20, message="a new worker"
+    )
+    await create_on_fresh_connections(5)
+    assert await created_counts(10) == {25.0}
+
+
+SAMPLE = 'codeq_task_created_total{command="MW"}'
+
+
 def test_workers_need_a_fixed_port() -> None:
     """workers > 1 with port 0 is refused, naming workers."""
     with pytest.raises(ConfigError, match="'workers'"):
