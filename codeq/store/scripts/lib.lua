@@ -93,11 +93,18 @@ local function create_task(t, now, idem_ttl, limit, origin, tenant)
     redis.call('SET', ikey, id, 'PX', idem_ttl)
   end
   local key = k_task(id)
-  redis.call('HSET', key, 'id', id, 'command', t.cmd, 'payload', t.payload,
-    'priority', t.priority, 'status', 'PENDING', 'attempts', 0, 'maxAttempts', t.max_attempts,
-    'tenantId', tenant, 'createdAt', now, 'updatedAt', now, 'webhook', t.webhook,
-    'traceParent', t.trace_parent, 'traceState', t.trace_state, 'idempotencyKey', t.idem_key,
-    'idemDigest', t.digest)
+  local fields = {'id', id, 'command', t.cmd, 'payload', t.payload, 'priority', t.priority,
+    'status', 'PENDING', 'attempts', 0, 'maxAttempts', t.max_attempts, 'tenantId', tenant,
+    'createdAt', now, 'updatedAt', now}
+  -- optional fields only when given: a smaller record to store, claim and read back
+  for _, optional in ipairs({{'webhook', t.webhook}, {'traceParent', t.trace_parent},
+      {'traceState', t.trace_state}, {'idempotencyKey', t.idem_key}, {'idemDigest', t.digest}}) do
+    if optional[2] ~= '' then
+      fields[#fields + 1] = optional[1]
+      fields[#fields + 1] = optional[2]
+    end
+  end
+  redis.call('HSET', key, unpack(fields))
   redis.call('SADD', K_CMDS, t.cmd)
   if t.visible > now then
     redis.call('HSET', key, 'runAt', t.visible)
