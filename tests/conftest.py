@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 from redis.asyncio import Redis
 
 from codeq.config import Config, StaticToken
@@ -490,3 +491,30 @@ def listening_hosts(port: int) -> set[str]:
         for host, local_port, _, _, state, _ in _tcp_rows(table)
         if local_port == port and state == TCP_LISTEN
     }
+
+
+class LoopbackServer:
+    """A real aiohttp server on 127.0.0.1 for a test to talk to (webhook receivers, a
+    JWKS issuer): subclasses add their routes; start() and stop() may repeat on the
+    same port (a receiver that goes down and comes back)."""
+
+    shutdown_timeout = 60.0
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.shutdown_timeout)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -28,6 +28,7 @@ from aiohttp import web
 from conftest import (
     TOKENS,
     Api,
+    LoopbackServer,
     RunningDaemon,
     free_port,
     serve_command,
@@ -79,37 +80,35 @@ class Received:
         return self.headers.get("X-CodeQ-Callback", "")
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     """A webhook receiver on 127.0.0.1: records every request and answers as
     scripted -- `script` (consumed in order) first, then `choose(request)` if set,
     else `default`. Actions: "ok" (200), "500", "hang" (no answer until stopped).
     stop() and start() again on the same port simulate a host that is down."""
 
+    shutdown_timeout = 1.0
+
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.requests: list[Received] = []
         self.script: list[str] = []
         self.default = "ok"
         self.choose: Callable[[], str] | None = None
-        self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
 
     def url(self, host: str = "127.0.0.1", path: str = "/hook") -> str:
         return f"http://{host}:{self.port}{path}"
 
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/{tail:.*}", self._handle)
+
     async def start(self) -> None:
         self._release = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await super().start()
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._release.set()  # hanging handlers return, so cleanup is quick
-            await self._runner.cleanup()
-            self._runner = None
+        self._release.set()  # hanging handlers return, so cleanup is quick
+        await super().stop()
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ALL_SCOPES, WORKER_AUD, RunningDaemon, free_port, wait_for
+from conftest import ALL_SCOPES, WORKER_AUD, LoopbackServer, RunningDaemon, wait_for
 from jwcrypto import jwk, jwt
 
 from codeq.auth.jwks import JwksProvider, KeySet
@@ -75,15 +75,14 @@ def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-class JwksServer:
+class JwksServer(LoopbackServer):
     """A JWKS endpoint on 127.0.0.1 that counts the fetches it answers."""
 
     def __init__(self, *published: jwk.JWK) -> None:
-        self.port = free_port()
+        super().__init__()
         self.url = f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
         self.document = jwks_document(*published)
         self.fetches = 0
-        self._runner: web.AppRunner | None = None
 
     def publish(self, *published: jwk.JWK) -> None:
         self.document = jwks_document(*published)
@@ -92,17 +91,8 @@ class JwksServer:
         self.fetches += 1
         return web.json_response(self.document)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/.well-known/jwks.json", self._jwks)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 @pytest.fixture

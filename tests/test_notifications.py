@@ -18,7 +18,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ALL_SCOPES, TOKENS, WORKER_AUD, Api, RunningDaemon, free_port, wait_for
+from conftest import (
+    ALL_SCOPES,
+    TOKENS,
+    WORKER_AUD,
+    Api,
+    LoopbackServer,
+    RunningDaemon,
+    wait_for,
+)
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
@@ -63,16 +71,15 @@ class Received:
     at: float  # time.time() on arrival
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     """A webhook receiver on 127.0.0.1: records each POST's path, headers and JSON
     body, and answers `statuses[path]` (default 200)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        super().__init__()
         self.base = f"http://127.0.0.1:{self.port}"
         self.received: list[Received] = []
         self.statuses: dict[str, int] = {}
-        self._runner: web.AppRunner | None = None
 
     def url(self, path: str) -> str:
         return self.base + path
@@ -90,17 +97,8 @@ class Receiver:
         )
         return web.Response(status=self.statuses.get(request.path, 200))
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
 
 
 @pytest.fixture
