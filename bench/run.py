@@ -51,12 +51,15 @@ from common import (
     StoreServer,
     cpu_seconds,
     free_port,
+    kvrocks_binary,
     percentile,
 )
 
 BENCH = Path(__file__).resolve().parent
 BULLMQ_DIR = BENCH / "peers" / "bullmq"
 ARQ_VENV = BENCH / "peers" / ".venv-arq"
+# The modes measured on KVRocks too (beside the embedded Redis, in the same run).
+KVROCKS_MODES = ("http", "http-batch-100", "websocket")
 PRODUCERS = 8
 WORKERS = 16
 BATCH = 100
@@ -478,6 +481,34 @@ def print_table(rows: list[Row], ceiling: float, bullmq: float | None) -> None:
         print("| " + " | ".join(line) + " |")
 
 
+def print_store_table(redis_rows: list[Row], on_kvrocks: dict[str, list[Row]]) -> None:
+    """lifecycles/s and store CPU per lifecycle of each mode on each store, with the
+    ratio KVRocks ÷ embedded Redis."""
+    by_name = {row.name: row for row in redis_rows if row.rounds}
+    header = ["mode", "embedded Redis lc/s", "store CPU µs/lc"]
+    for label in on_kvrocks:
+        header += [f"{label} lc/s (÷ Redis)", "store CPU µs/lc (÷ Redis)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+
+    def cpu(row: Row) -> float:
+        return row.median(lambda r: r.store_cpu_s / r.n * 1e6)
+
+    for name in (row.name for row in next(iter(on_kvrocks.values()))):
+        base = by_name.get(name)
+        cells = [name, f"{base.rate:,.0f}" if base else "—", f"{cpu(base):,.0f}" if base else "—"]
+        for rows in on_kvrocks.values():
+            row = next(r for r in rows if r.name == name)
+            if not row.rounds:
+                cells += ["skipped", ""]
+                continue
+            cells += [
+                f"{row.rate:,.0f} ({ratio(row.rate, base.rate if base else None)})",
+                f"{cpu(row):,.0f} ({ratio(cpu(row), cpu(base) if base else None)})",
+            ]
+        print("| " + " | ".join(cells) + " |")
+
+
 async def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
     chosen = args.only or [*PEERS, *MODES]
@@ -526,10 +557,31 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         store.stop()
 
+    on_kvrocks: dict[str, list[Row]] = {}
+    kv_modes = [m for m in KVROCKS_MODES if m in chosen]
+    if kv_modes and not args.no_kvrocks:
+        if kvrocks_binary() is None:
+            print("KVRocks: skipped (no binary; set KVROCKS_BIN=/path/to/kvrocks)")
+        for sync in (True, False) if kvrocks_binary() else ():
+            label = f"KVRocks sync {'yes' if sync else 'no'}"
+            print(f"{label} (config/kvrocks.conf):", flush=True)
+            kv_store = StoreServer("kvrocks", sync=sync)
+            try:
+                await kv_store.ready()
+                with tempfile.TemporaryDirectory(prefix="cq-bench-", dir="/tmp") as tmp:
+                    on_kvrocks[label] = await codeq_rows(
+                        kv_store, kv_modes, args.n, args.rounds, Path(tmp)
+                    )
+            finally:
+                kv_store.stop()
+
     bullmq = next((r.rate for r in rows if r.name == "bullmq" and r.rounds), None)
     print()
     print(f"N = {args.n:,} lifecycles per round, {args.rounds} rounds, medians:")
     print_table(rows, ceiling, bullmq)
+    if on_kvrocks:
+        print("\ncodeq on KVRocks beside the embedded Redis (same run, same modes):")
+        print_store_table(rows, on_kvrocks)
     print(f"\nwhole run: {time.monotonic() - started:.0f} s")
 
 
@@ -543,5 +595,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--n", type=int, default=10_000, help="lifecycles per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--no-kvrocks", action="store_true", help="skip the KVRocks rows (codeq on KVRocks)"
+    )
     with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(main(parser.parse_args()))

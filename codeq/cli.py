@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate and print the effective config")
     cfg.add_flags(check)
+    check.add_argument(
+        "--store",
+        action="store_true",
+        help="also connect to the store and say which server and version it is",
+    )
     check.set_defaults(run=_config_check)
 
     _add_token_commands(commands)
@@ -53,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
     print(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode())
-    return 0
+    if not args.store:
+        return 0
+    from codeq.store.client import check_store
+
+    ok, line = uvloop.run(check_store(config))
+    print(f"store: {line}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
 
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
@@ -87,10 +98,16 @@ async def _serve_async(
 ) -> int:
     """Runs one daemon; `banner`: print the dev-mode lines (a supervisor prints its own)."""
     from codeq.daemon import Daemon
+    from codeq.domain import Unavailable
+    from codeq.store.client import StoreRejected
 
     daemon = Daemon(config, reload_config=source)
     try:
         await daemon.start()
+    except (StoreRejected, Unavailable) as exc:
+        await daemon.stop()
+        structlog.get_logger("codeq.daemon").error("cannot start", error=str(exc))
+        return 1
     except Exception:
         await daemon.stop()
         raise

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -252,11 +252,15 @@ class RedisAddress(Kind):
     metavar: ClassVar[str] = "ADDR"
     EXPECTED: ClassVar[str] = (
         "must be 'host:port', 'redis://host:port[/db]', 'rediss://…' or 'unix:///path'"
+        " (optionally '?protocol=2' or '?protocol=3')"
     )
 
     def parse(self, value: object, text: bool) -> str:
         if not isinstance(value, str) or not self._usable(value.strip()):
             raise _Invalid(self.EXPECTED)
+        protocols = parse_qs(urlsplit(value.strip()).query).get("protocol", [])
+        if protocols and (len(protocols) > 1 or protocols[0] not in ("2", "3")):
+            raise _Invalid("protocol must be 2 or 3 (RESP2 is the default)")
         return value.strip()
 
     @staticmethod

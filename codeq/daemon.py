@@ -14,8 +14,6 @@ import structlog
 from prometheus_client import CollectorRegistry
 from redis import exceptions as rx
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 
 from codeq import systemd
 from codeq.actors.base import Actor, Supervisor, first_of
@@ -36,6 +34,7 @@ from codeq.observability import configure_logging
 from codeq.ratelimit import Bucket, RateLimiter, Scope
 from codeq.reload import Changes, yaml_keys
 from codeq.service import Service, ServiceSettings
+from codeq.store.client import ServerInfo, open_client
 from codeq.store.embedded import EmbeddedRedis
 from codeq.store.store import Store
 from codeq.subscriptions import SubscriptionSettings
@@ -113,6 +112,7 @@ class Daemon:
         self.origin = secrets.token_hex(6)  # tells this daemon's pub/sub messages apart
         self.embedded: EmbeddedRedis | None = None
         self.store: Store | None = None
+        self.server: ServerInfo | None = None  # what the store said it is
         self.supervisor: Supervisor | None = None
         self.service: Service | None = None
         self.limiter: RateLimiter | None = None
@@ -210,6 +210,7 @@ class Daemon:
         self._ready.set()
 
     async def _connect_store(self) -> Redis:
+        """The store client, once the server has said what it is (see store.client)."""
         config = self.config
         url, password = config.redis_addr, config.redis_password
         if not url:
@@ -220,29 +221,23 @@ class Daemon:
             url, password = address.url, address.password
         elif "://" not in url:
             url = f"redis://{url}"
-        return Redis.from_url(
-            url,
-            password=password,
-            decode_responses=True,
-            # Operations are bounded by the Store (asyncio.timeout), not by a socket
-            # timeout: see Store._reachable. None must be explicit (redis-py's default
-            # is 5 s). The ready channel's listen must not time out either.
-            socket_timeout=None,
-            socket_connect_timeout=config.store_timeout_seconds,
-            max_connections=config.store_max_connections,
-            health_check_interval=30,
-            # One quick retry, on connection errors only: enough to replace a pooled
-            # connection a restarted store closed, short enough that a store that is
-            # down answers 503 at once. Timeouts are not retried: the script may have run.
-            retry=Retry(
-                ExponentialWithJitterBackoff(base=0.01, cap=0.1),
-                retries=1,
-                supported_errors=(rx.ConnectionError,),
-            ),
+        try:
+            redis, self.server = await open_client(
+                url,
+                password=password,
+                connect_timeout=config.store_timeout_seconds,
+                max_connections=config.store_max_connections,
+            )
+        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            raise Unavailable(f"store unavailable: {exc}") from exc
+        log.info(
+            "store connected", server=self.server.label(), redis_version=self.server.redis_version
         )
+        return redis
 
     def _store_label(self) -> str:
-        return "embedded" if self.embedded else "external"
+        where = "embedded" if self.embedded else "external"
+        return f"{where} {self.server.label()}" if self.server else where
 
     @staticmethod
     async def _until_listening(scheduler: Scheduler, timeout: float = 5.0) -> None:

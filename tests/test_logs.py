@@ -11,14 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from conftest import TOKENS, Api, RedisProcess, ServeProcess, free_port
+from conftest import TOKENS, Api, ServeProcess, StoreProcess, free_port
 
 SECRET = "hmac-secret-that-must-not-leak"
 BAD_TOKEN = "forged-token-that-must-not-leak-either"
 
 
 @pytest.fixture
-def daemon_process(tmp_path: Path, redis_server: RedisProcess) -> Iterator[ServeProcess]:
+def daemon_process(tmp_path: Path, store_server: StoreProcess) -> Iterator[ServeProcess]:
     config = tmp_path / "codeq.yaml"
     config.write_text(
         yaml.safe_dump({"staticTokens": {token: claims for token, claims in TOKENS.values()}})
@@ -27,7 +27,7 @@ def daemon_process(tmp_path: Path, redis_server: RedisProcess) -> Iterator[Serve
         ["--config", str(config)],
         {
             "PORT": str(free_port()),
-            "REDIS_ADDR": redis_server.url,
+            "REDIS_ADDR": store_server.url,
             "PRODUCER_AUTH_PROVIDER": "static",
             "WORKER_AUTH_PROVIDER": "static",
             "LOG_FORMAT": "json",

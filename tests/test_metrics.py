@@ -4,16 +4,14 @@ store hangs), request metrics, and shipped dashboards/alerts that name real metr
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import yaml
-from conftest import Api, RedisProcess, RunningDaemon, wait_for
+from conftest import Api, RunningDaemon, StoreProcess, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
@@ -139,22 +137,22 @@ async def test_metrics_can_be_turned_off(
 
 
 async def test_metrics_answer_in_time_when_the_store_hangs(
-    own_store: RedisProcess,
-    start_daemon: Callable[..., Awaitable[RunningDaemon]],
+    own_store: StoreProcess,
+    daemons_on: Callable[..., Awaitable[RunningDaemon]],
     http: aiohttp.ClientSession,
 ) -> None:
     """A frozen store (SIGSTOP) makes /metrics answer within its scrape timeout, with
     codeq_store_up 0 and no stale queue samples; it recovers when the store does."""
-    daemon = await start_daemon(redis_addr=own_store.url, metrics_scrape_timeout_seconds=0.3)
+    daemon = await daemons_on(own_store.url, metrics_scrape_timeout_seconds=0.3)
     await Api(http, daemon.url).create("HANG")
     assert value(await scrape(http, daemon), "codeq_store_up") == 1
-    os.kill(own_store.proc.pid, signal.SIGSTOP)
+    own_store.freeze()
     try:
         started = time.monotonic()
         samples = await scrape(http, daemon)
         elapsed = time.monotonic() - started
     finally:
-        os.kill(own_store.proc.pid, signal.SIGCONT)
+        own_store.thaw()
     assert elapsed < 1.5, f"/metrics took {elapsed:.2f}s with the store frozen"
     assert value(samples, "codeq_store_up") == 0
     assert not any(name == "codeq_queue_depth" for name, _ in samples)

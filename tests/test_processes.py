@@ -21,11 +21,10 @@ from conftest import (
     LOOPBACK_HEX,
     TOKENS,
     Api,
-    RedisProcess,
     RunningDaemon,
     ServeProcess,
+    StoreProcess,
     children_of,
-    free_port,
     listening_hosts,
     make_config,
     serve_command,
@@ -233,11 +232,10 @@ async def _each(step: Callable[[int], Awaitable[None]], numbers: range) -> None:
 
 
 async def test_store_outage_answers_503_and_recovers(
-    http: aiohttp.ClientSession, tmp_path: Path
+    http: aiohttp.ClientSession, own_store: StoreProcess
 ) -> None:
     """Store down: 503 with a JSON error, fast, daemon alive; store back: work resumes."""
-    port = free_port()
-    server = RedisProcess(port, tmp_path)
+    server = own_store
     daemon = Daemon(make_config(server.url))
     await daemon.start()
     try:
@@ -262,7 +260,7 @@ async def test_store_outage_answers_503_and_recovers(
         status, report, _ = await api.call("GET", "/readyz", None)
         assert status == 503 and report["store"] == "unreachable", report
 
-        server = RedisProcess(port, tmp_path)  # same port: the daemon's address is unchanged
+        server.start()  # same port and data: the daemon's address is unchanged
 
         async def create_works() -> Any:
             status, task, _ = await api.call("POST", TASKS, "producer", {"command": "B"})

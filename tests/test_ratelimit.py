@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import TOKENS, Api, RedisProcess, RunningDaemon, free_port, make_config, wait_for
+from conftest import (
+    TOKENS,
+    Api,
+    RunningDaemon,
+    StoreProcess,
+    free_port,
+    make_config,
+    store_client,
+    wait_for,
+)
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
@@ -48,7 +56,7 @@ def hits(scope: str, operation: str) -> float:
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     """The store layer on the test store, for scripted times."""
-    store = Store(Redis.from_url(store_url, decode_responses=True), origin="test")
+    store = Store(store_client(store_url), origin="test")
     await store.connect()
     yield store
     await store.close()
@@ -174,9 +182,11 @@ async def test_hits_are_counted_in_the_metric(
     assert f"{line} {before + 2}" in text, text
 
 
-async def test_store_down_is_a_503_not_a_429(http: aiohttp.ClientSession, tmp_path: Path) -> None:
+async def test_store_down_is_a_503_not_a_429(
+    http: aiohttp.ClientSession, own_store: StoreProcess
+) -> None:
     """With the store stopped, limited routes answer the store's 503, never a 429."""
-    server = RedisProcess(free_port(), tmp_path)
+    server = own_store
     daemon = Daemon(
         make_config(server.url, rate_limit_create_per_second=0.5, rate_limit_create_burst=1)
     )

@@ -26,6 +26,7 @@ from conftest import (
     TOKENS,
     Api,
     ServeProcess,
+    StoreProcess,
     free_port,
     listening_hosts,
     server_has_read,
@@ -112,6 +113,7 @@ async def test_ready_then_watchdog_then_stopping_reach_the_manager(
     serve: Callable[..., ServeProcess],
     http: aiohttp.ClientSession,
     store_url: str,
+    store_server: StoreProcess,
     config_file: Path,
 ) -> None:
     """READY=1 once /readyz answers, WATCHDOG=1 every half interval, STOPPING=1 on SIGTERM."""
@@ -129,7 +131,10 @@ async def test_ready_then_watchdog_then_stopping_reach_the_manager(
         assert resp.status == 200, await resp.text()
     first = manager.messages[0]
     assert first[0] == "READY=1", manager.messages
-    assert f"STATUS=serving on http://127.0.0.1:{daemon.port}, store external" in first
+    status = f"STATUS=serving on http://127.0.0.1:{daemon.port}, store external "
+    server = "KVRocks" if store_server.kind == "kvrocks" else "Redis"
+    assert any(re.fullmatch(re.escape(status + server) + r" [\d.]+ \(standalone, RESP2\)", m)
+               for m in first), first  # fmt: skip
 
     await wait_for(lambda: manager.count("WATCHDOG=1") >= 2, timeout=5, message="two pings")
     daemon.proc.send_signal(signal.SIGTERM)
@@ -426,3 +431,20 @@ def test_unit_stop_timeout_covers_the_daemon_shutdown() -> None:
     match = re.search(r"^TimeoutStopSec=(\d+)$", UNIT.read_text(), re.MULTILINE)
     assert match, "TimeoutStopSec missing"
     assert int(match.group(1)) > Config().shutdown_grace_seconds + 5 + 10
+
+
+def test_kvrocks_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify` accepts systemd/kvrocks.service (ExecStart pointed at a
+    binary that exists here) without a warning about it."""
+    text = (UNIT.parent / "kvrocks.service").read_text()
+    assert "ExecStart=/usr/local/bin/kvrocks " in text
+    unit = tmp_path / "kvrocks.service"
+    unit.write_text(text.replace("/usr/local/bin/kvrocks ", f"{sys.executable} "))
+    done = subprocess.run(
+        [_systemd_analyze(), "verify", "--man=no", str(unit)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and [ln for ln in output.splitlines() if "kvrocks" in ln] == [], (
+        output
+    )
