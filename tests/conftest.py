@@ -135,18 +135,45 @@ async def wait_for(
 REPO = Path(__file__).resolve().parents[1]
 STORES = ("redis", "kvrocks")
 NO_KVROCKS = (
-    "KVRocks tests skipped: no KVRocks binary found; set KVROCKS_BIN=/path/to/kvrocks "
+    "KVRocks tests skipped: no KVRocks binary; set KVROCKS_BIN=/path/to/kvrocks "
     "(or place one at ../shared/kvrocks/kvrocks)"
 )
 
 
 def kvrocks_binary() -> str | None:
-    """The KVRocks server to test on: $KVROCKS_BIN, else ../shared/kvrocks/kvrocks."""
-    given = os.environ.get("KVROCKS_BIN")
-    if given:
-        return given
-    beside = REPO.parent / "shared" / "kvrocks" / "kvrocks"
-    return str(beside) if os.access(beside, os.X_OK) else None
+    """The KVRocks server to test on: $KVROCKS_BIN, else ../shared/kvrocks/kvrocks;
+    None if that is not an executable file."""
+    path = os.environ.get("KVROCKS_BIN") or str(REPO.parent / "shared" / "kvrocks" / "kvrocks")
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+def _on_kvrocks(item: pytest.Item) -> bool:
+    """Whether a test runs on KVRocks: a `kvrocks` store parameter, or a fixture
+    named kvrocks_*."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "kvrocks" in callspec.params.values():
+        return True
+    return any(name.startswith("kvrocks") for name in getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a KVRocks binary, the KVRocks half of the suite is left out, and the
+    summary says so in one line (pytest_terminal_summary)."""
+    if kvrocks_binary() is not None:
+        return
+    left_out = [item for item in items if _on_kvrocks(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not _on_kvrocks(item)]
+        config.stash[_LEFT_OUT] = len(left_out)
+
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if config.stash.get(_LEFT_OUT, 0):
+        terminalreporter.write_line(f"{config.stash[_LEFT_OUT]} {NO_KVROCKS}", yellow=True)
 
 
 def store_client(url: str) -> Redis:
