@@ -273,8 +273,7 @@ class RedisProcess(StoreProcess):
 
 class KvrocksProcess(StoreProcess):
     """A real KVRocks server with the project's config/kvrocks.conf, its paths and
-    port replaced by the test's; `sync` is rocksdb.write_options.sync (off for the
-    session store: a test never cuts the power)."""
+    port replaced by the test's; `extra` settings override the file's."""
 
     kind = "kvrocks"
 
@@ -283,11 +282,9 @@ class KvrocksProcess(StoreProcess):
         binary: str,
         port: int,
         data_dir: Path,
-        sync: bool = False,
         extra: dict[str, str] | None = None,
     ) -> None:
         self.binary = binary
-        self.sync = sync
         self.extra = extra or {}
         super().__init__(port, data_dir)
 
@@ -298,7 +295,6 @@ class KvrocksProcess(StoreProcess):
             "log-dir": str(self.data_dir),
             "log-level": "warning",
             "supervised": "no",
-            "rocksdb.write_options.sync": "yes" if self.sync else "no",
             **self.extra,
         }
         lines = []
@@ -314,13 +310,13 @@ class KvrocksProcess(StoreProcess):
 def start_store(kind: str, data_dir: Path, *, durable: bool = False) -> StoreProcess:
     """A fresh store server of `kind` on a free port (skips the test without KVRocks).
     `durable`: every acknowledged write survives SIGKILL of the server (AOF for Redis;
-    KVRocks's WAL always does, and `durable` adds its fsync)."""
+    KVRocks's WAL does so as config/kvrocks.conf ships it)."""
     if kind == "redis":
         return RedisProcess(free_port(), data_dir, appendonly=durable)
     binary = kvrocks_binary()
     if binary is None:
         pytest.skip(NO_KVROCKS)
-    return KvrocksProcess(binary, free_port(), data_dir, sync=durable)
+    return KvrocksProcess(binary, free_port(), data_dir)
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
