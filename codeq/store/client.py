@@ -20,7 +20,7 @@ import structlog
 from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import FullJitterBackoff, NoBackoff
 
 from codeq.config import Config
 from codeq.store.embedded import default_binary
@@ -166,7 +166,7 @@ async def open_client(
         # connection a restarted store closed, short enough that a store that is
         # down answers 503 at once. Timeouts are not retried: the script may have run.
         retry=Retry(
-            ExponentialWithJitterBackoff(base=0.01, cap=0.1),
+            FullJitterBackoff(cap=0.1, base=0.01),
             retries=1,
             supported_errors=(rx.ConnectionError,),
         ),
