@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 from conftest import TOKENS, Api, RunningDaemon, subprocess_env, wait_for
+from redis.asyncio import Redis
+
+from codeq.store import keys
 
 # A handler: doubles payload.n; payload.fail makes it exit 3 with "boom" on stderr.
 DOUBLER = """
@@ -415,3 +418,69 @@ async def test_help_has_examples(codeq: Cli) -> None:
     ):  # fmt: skip
         done = await codeq(*args, "--help")
         assert done.code == 0 and "examples:" in done.out, args
+
+
+# ------------------------------------------------------------ codeQ's CLI spellings
+
+
+async def test_codeq_task_create_flags(codeq: Cli, api: Api) -> None:
+    """codeQ's `task create --event X --delay-seconds N --webhook --run-at` work."""
+    done = await codeq(
+        "task", "create", "--event", "CQ", "--delay-seconds", "60", "--json",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    task = done.json()
+    assert task["command"] == "CQ" and task["status"] == "PENDING"
+    assert (await queue_stats(api, "CQ"))["delayed"] == 1
+    clash = await codeq("task", "create", "A", "--event", "B")
+    assert clash.code == 2 and "differ" in clash.err
+    assert (await queue_stats(api, "A"))["ready"] == 0
+
+
+async def test_codeq_worker_ack_nack_with_delay(codeq: Cli, api: Api, redis: Redis) -> None:
+    """`worker start --ack nack --nack-delay 60 --wait-seconds 1 --lease-seconds 30`:
+    the handler's task is nacked and delayed by 60 s, not completed."""
+    task = await api.create("ACKN")
+    done = await codeq(
+        "worker", "start", "--events", "ACKN", "--handler", "true", "--ack", "nack",
+        "--nack-delay", "60", "--wait-seconds", "1", "--lease-seconds", "30",
+        "--max-tasks", "1", "--json", who="worker",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.json()["nacked"] == 1
+    _, got = await api.get(task["id"])
+    assert got["status"] == "PENDING" and got["attempts"] == 1
+    assert (await queue_stats(api, "ACKN"))["delayed"] == 1
+    nacks = [e for e in await history_events(api, task["id"]) if e["event"] == "nacked"]
+    assert [e["reason"] for e in nacks] == ["--ack nack"], nacks
+    visible_at = await redis.zscore(keys.delayed(keys.tenant_tag("acme"), "ACKN"), task["id"])
+    assert 55_000 < visible_at - time.time() * 1000 <= 60_000, visible_at
+
+
+async def test_codeq_worker_ack_none_leaves_the_lease(codeq: Cli, api: Api) -> None:
+    """`--ack none` reports nothing: the task stays IN_PROGRESS under the worker's
+    lease until it runs out."""
+    task = await api.create("ACK0")
+    done = await codeq(
+        "worker", "start", "--events", "ACK0", "--handler", "true", "--ack", "none",
+        "--lease-seconds", "60", "--max-tasks", "1", "--json", who="worker",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.json()["left"] == 1, done.out + done.err
+    _, got = await api.get(task["id"])
+    assert got["status"] == "IN_PROGRESS" and got["workerId"] == "worker-1"
+
+
+async def test_worker_handler_that_ignores_a_large_stdin_succeeds(codeq: Cli, api: Api) -> None:
+    """A handler that exits 0 without reading a 256 KiB task from its stdin completes
+    the task: EPIPE on stdin is normal, no traceback."""
+    task = await api.create("BIG", payload={"blob": "x" * 262_144})
+    done = await codeq(
+        "worker", "start", "--events", "BIG", "--handler", "echo '{}'",
+        "--max-tasks", "1", "--json", who="worker",
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert done.json()["completed"] == 1, done.err
+    assert "Traceback" not in done.err
+    _, got = await api.get(task["id"])
+    assert got["status"] == "COMPLETED"

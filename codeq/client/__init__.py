@@ -27,7 +27,7 @@ from codeq.client.api import CodeqError, JsonObject
 from codeq.client.http import Client
 from codeq.client.producer import Producer
 from codeq.client.stream import ProducerStream, StreamClosed, WorkerStream
-from codeq.client.worker import Abandon, Complete, Fail, Handler, Nack, Outcome, Worker
+from codeq.client.worker import Abandon, Complete, Fail, Handler, Leave, Nack, Outcome, Worker
 
 __all__ = [
     "Abandon",
@@ -37,6 +37,7 @@ __all__ = [
     "Fail",
     "Handler",
     "JsonObject",
+    "Leave",
     "Nack",
     "Outcome",
     "Producer",

@@ -61,7 +61,13 @@ class Abandon:
     """Give the task back at once, unchanged."""
 
 
-Outcome = Complete | Fail | Nack | Abandon
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Report nothing: the lease runs out and the lease reaper retries the task
+    (codeQ's `--ack none`)."""
+
+
+Outcome = Complete | Fail | Nack | Abandon | Leave
 Handler = Callable[[JsonObject], Awaitable["Outcome | Mapping[str, Any]"]]
 
 
@@ -126,6 +132,7 @@ class WorkerStats:
     nacked: int = 0
     abandoned: int = 0
     lost: int = 0
+    left: int = 0  # Leave: nothing reported, the lease runs out
 
 
 class _LeaseEnded(Exception):
@@ -304,7 +311,7 @@ class Worker:
         except Exception as exc:  # the handler's failure is the task's: nack, keep going
             log.exception("%s: handler raised", task["id"])
             return Nack(f"{type(exc).__name__}: {exc}"[:MAX_REASON])
-        if isinstance(outcome, Complete | Fail | Nack | Abandon):
+        if isinstance(outcome, Complete | Fail | Nack | Abandon | Leave):
             return outcome
         return Complete(outcome)
 
@@ -367,6 +374,8 @@ class Worker:
                 await t.nack(task_id, lease_token, reason=reason, delay_seconds=delay)
             case Abandon():
                 await t.abandon(task_id, lease_token)
+            case Leave():
+                pass
 
     def _count(self, outcome: Outcome) -> None:
         s = self.stats
@@ -379,6 +388,8 @@ class Worker:
                 s.nacked += 1
             case Abandon():
                 s.abandoned += 1
+            case Leave():
+                s.left += 1
 
     # ------------------------------------------------------------ stopping
 

@@ -53,9 +53,14 @@ def add(commands: Subcommands) -> None:
         """,
     )
     create.add_argument("task_command", nargs="?", metavar="COMMAND", help="the task's command")
+    create.add_argument(
+        "--event", metavar="COMMAND", help="the task's command, as codeQ's CLI spells it"
+    )
     create.add_argument("--payload", metavar="JSON", help="payload object (default {})")
     create.add_argument("--priority", type=int, help="0-9, higher first (default 0)")
-    create.add_argument("--delay", type=float, metavar="SECONDS", help="run after this delay")
+    create.add_argument(
+        "--delay", "--delay-seconds", type=float, metavar="SECONDS", help="run after this delay"
+    )
     create.add_argument("--run-at", metavar="RFC3339", help="run at this time (e.g. …T09:00:00Z)")
     create.add_argument("--idempotency-key", metavar="KEY", help="same key → same task")
     create.add_argument("--webhook", metavar="URL", help="result callback URL")
@@ -118,8 +123,10 @@ def add(commands: Subcommands) -> None:
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     """The create fields given as flags (the body of one task, or line defaults)."""
+    if args.event and args.task_command and args.event != args.task_command:
+        raise UsageError(f"COMMAND {args.task_command!r} and --event {args.event!r} differ")
     body: dict[str, Any] = {
-        "command": args.task_command,
+        "command": args.task_command or args.event,
         "payload": json_object(args.payload, "--payload") if args.payload is not None else None,
         "priority": args.priority,
         "delaySeconds": args.delay,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,7 +27,17 @@ from typing import Any
 
 import orjson
 
-from codeq.client import Abandon, Client, Complete, Fail, JsonObject, Nack, Outcome, Worker
+from codeq.client import (
+    Abandon,
+    Client,
+    Complete,
+    Fail,
+    JsonObject,
+    Leave,
+    Nack,
+    Outcome,
+    Worker,
+)
 from codeq.commands.base import Subcommands, UsageError, command, group, split_names
 from codeq.commands.output import emit_json, note
 
@@ -69,16 +80,33 @@ def add(commands: Subcommands) -> None:
     start.add_argument("--handler", required=True, metavar="CMD", help="shell command per task")
     start.add_argument("--concurrency", type=int, default=1, metavar="N", help="handlers at once")
     start.add_argument(
-        "--lease", type=int, default=300, metavar="SECONDS", help="lease per claim (300)"
+        "--lease",
+        "--lease-seconds",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="lease per claim (300)",
     )
     start.add_argument(
-        "--poll", type=float, default=5.0, metavar="SECONDS", help="claim long-poll (5, max 30)"
+        "--poll",
+        "--wait-seconds",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="claim long-poll (5, max 30)",
     )
     start.add_argument(
         "--ack",
-        choices=("complete", "abandon"),
+        choices=("complete", "abandon", "nack", "none"),
         default="complete",
-        help="on success: complete the task, or give it back (dry run)",
+        help="on success: complete the task; give it back at once (abandon) or after "
+        "--nack-delay (nack); or report nothing and let the lease run out (none)",
+    )
+    start.add_argument(
+        "--nack-delay",
+        type=int,
+        metavar="SECONDS",
+        help="delay of every nack this worker sends (default: the daemon's backoff)",
     )
     start.add_argument(
         "--on-failure",
@@ -96,10 +124,13 @@ def add(commands: Subcommands) -> None:
 class ShellHandler:
     """Runs one shell command per task (see the module docstring)."""
 
-    def __init__(self, command: str, *, on_failure: str, ack: str) -> None:
+    def __init__(
+        self, command: str, *, on_failure: str, ack: str, nack_delay: int | None = None
+    ) -> None:
         self.command = command
         self.on_failure = on_failure
         self.ack = ack
+        self.nack_delay = nack_delay
 
     async def __call__(self, task: JsonObject) -> Outcome:
         env = {
@@ -116,8 +147,12 @@ class ShellHandler:
             env=env,
             start_new_session=True,  # Ctrl-C reaches the worker, which decides
         )
+        assert proc.stdin and proc.stdout and proc.stderr
         try:
-            out, err = await proc.communicate(orjson.dumps(task))
+            _, out, err = await asyncio.gather(
+                _feed(proc.stdin, orjson.dumps(task)), proc.stdout.read(), proc.stderr.read()
+            )
+            await proc.wait()
         except asyncio.CancelledError:
             await _kill(proc)
             raise
@@ -139,10 +174,17 @@ class ShellHandler:
                 return Fail(str(value.get("error") or _tail(err) or "handler reported FAILED"))
             result = value.get("result")
             value = result if isinstance(result, dict) else {}
-        return Abandon() if self.ack == "abandon" else Complete(value)
+        match self.ack:
+            case "abandon":
+                return Abandon()
+            case "nack":
+                return Nack("--ack nack", self.nack_delay)
+            case "none":
+                return Leave()
+        return Complete(value)
 
     def _failed(self, reason: str) -> Outcome:
-        return Fail(reason) if self.on_failure == "fail" else Nack(reason)
+        return Fail(reason) if self.on_failure == "fail" else Nack(reason, self.nack_delay)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
@@ -160,6 +202,18 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
     await proc.wait()
 
 
+async def _feed(stdin: asyncio.StreamWriter, data: bytes) -> None:
+    """Writes the task to the handler's stdin and closes it. A handler that exits
+    without reading it (EPIPE, or the pipe already closed) is normal: its exit code
+    and stdout decide the task's outcome."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        if not stdin.is_closing():  # no callback runs before write(): no race
+            stdin.write(data)
+            await stdin.drain()
+        stdin.close()
+        await stdin.wait_closed()
+
+
 def _tail(raw: bytes) -> str:
     text = raw.decode(errors="replace").strip()
     return text if len(text) <= REASON_TAIL else "…" + text[-REASON_TAIL:]
@@ -172,11 +226,15 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         raise UsageError("--lease must be between 1 and 86400 seconds")
     if not 0 <= args.poll <= 30:
         raise UsageError("--poll must be between 0 and 30 seconds")
+    if args.nack_delay is not None and not 0 <= args.nack_delay <= 86_400:
+        raise UsageError("--nack-delay must be between 0 and 86400 seconds")
     _log_to_stderr(quiet=args.quiet)
     worker = Worker(
         client,
         split_names(args.events),
-        ShellHandler(args.handler, on_failure=args.on_failure, ack=args.ack),
+        ShellHandler(
+            args.handler, on_failure=args.on_failure, ack=args.ack, nack_delay=args.nack_delay
+        ),
         concurrency=args.concurrency,
         lease_seconds=args.lease,
         wait_seconds=args.poll,
@@ -204,6 +262,7 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         "failed": stats.failed,
         "nacked": stats.nacked,
         "abandoned": stats.abandoned,
+        "left": stats.left,
         "lost": stats.lost,
     }
     if args.json:
