@@ -16,6 +16,7 @@ import uvloop
 from codeq import config as cfg
 from codeq.auth import tokens
 from codeq.commands import add_commands as add_client_commands
+from codeq.commands import profile
 from codeq.commands import run as run_client_command
 from codeq.observability import configure_logging
 from codeq.unix_socket import ListenError
@@ -42,10 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
     _add_token_commands(commands)
     add_client_commands(commands)
+    profile.add(commands)
 
     args = parser.parse_args(argv)
     if hasattr(args, "remote"):  # task/worker/queue: a client of a daemon, no daemon config
         return run_client_command(args)
+    if hasattr(args, "local"):  # init/auth: the CLI's own profile file
+        return profile.run(args)
     try:
         loaded = cfg.load_config(args.config, flags=cfg.flags_from_args(args))
     except cfg.ConfigError as exc:

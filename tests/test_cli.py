@@ -484,3 +484,44 @@ async def test_worker_handler_that_ignores_a_large_stdin_succeeds(codeq: Cli, ap
     assert "Traceback" not in done.err
     _, got = await api.get(task["id"])
     assert got["status"] == "COMPLETED"
+
+
+async def test_init_writes_a_private_profile_the_commands_use(codeq: Cli, tmp_path: Path) -> None:
+    """`codeq init --base-url URL --producer-token -` writes ~/.codeq/config.yaml mode
+    0600 (folder 0700), and `task create` then uses that profile's URL and token."""
+    profiles = tmp_path / "home" / ".codeq" / "config.yaml"
+    env = {"CODEQ_CONFIG": str(profiles), "CODEQ_URL": ""}
+    token = TOKENS["producer"][0]
+    done = await codeq(
+        "init", "--base-url", codeq.daemon.url, "--producer-token", "-",
+        who=None, stdin=token + "\n", **env,
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    assert profiles.stat().st_mode & 0o777 == 0o600
+    assert profiles.parent.stat().st_mode & 0o777 == 0o700
+    assert token not in done.out + done.err
+    created = await codeq("task", "create", "PROFILED", "--json", who=None, **env)
+    assert created.code == 0, created.err
+    assert created.json()["tenantId"] == "acme"
+    again = await codeq("init", who=None, **env)
+    assert again.code == 2 and "exists" in again.err
+
+
+async def test_auth_set_show_clear(codeq: Cli, tmp_path: Path) -> None:
+    """`auth set` stores tokens in the profile, `auth show` masks them (first 4
+    characters and the length), `auth clear --worker` removes only that one."""
+    env = {"CODEQ_CONFIG": str(tmp_path / "profiles.yaml")}
+    worker, producer = TOKENS["worker"][0], TOKENS["producer"][0]
+    done = await codeq("auth", "set", "--worker", worker, "--producer", producer, who=None, **env)
+    assert done.code == 0, done.err
+    shown = await codeq("auth", "show", who=None, **env)
+    assert shown.code == 0, shown.err
+    assert worker not in shown.out and producer not in shown.out
+    assert f"workerToken: {worker[:4]}… ({len(worker)} characters)" in shown.out
+    cleared = await codeq("auth", "clear", "--worker", who=None, **env)
+    assert cleared.code == 0, cleared.err
+    shown = await codeq("auth", "show", who=None, **env)
+    assert "workerToken" not in shown.out and "producerToken" in shown.out
+    assert (tmp_path / "profiles.yaml").stat().st_mode & 0o777 == 0o600
+    empty = await codeq("auth", "set", who=None, **env)
+    assert empty.code == 2 and "give --producer" in empty.err

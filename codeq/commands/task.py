@@ -54,7 +54,11 @@ def add(commands: Subcommands) -> None:
     )
     create.add_argument("task_command", nargs="?", metavar="COMMAND", help="the task's command")
     create.add_argument(
-        "--event", metavar="COMMAND", help="the task's command, as codeQ's CLI spells it"
+        "--event",
+        "--command",
+        dest="event",
+        metavar="COMMAND",
+        help="the task's command, as codeQ's CLI spells it",
     )
     create.add_argument("--payload", metavar="JSON", help="payload object (default {})")
     create.add_argument("--priority", type=int, help="0-9, higher first (default 0)")
