@@ -114,12 +114,14 @@ class Admin:
     async def cleanup(
         self, who: Principal, *, before_ms: int | None, limit: int
     ) -> tuple[int, int]:
-        """Deletes up to `limit` terminal tasks that ended before `before_ms` (default:
-        now minus the retention period), with their results, timelines, idempotency
-        keys and DLQ entries. Returns how many it deleted and the cutoff applied."""
+        """Deletes up to `limit` terminal tasks whose retention expired before
+        `before_ms` (default: now), as codeQ reads `before` — that is, tasks that
+        ended more than the retention period before it — with their results,
+        timelines, idempotency keys and DLQ entries. Returns how many it deleted and
+        the end-time cutoff applied (`before` minus the retention period)."""
         require_admin(who)
         tag = keys.tenant_tag(who.tenant)
-        before = _now_ms() - self.retention_ms if before_ms is None else before_ms
+        before = (_now_ms() if before_ms is None else before_ms) - self.retention_ms
         deleted = 0
         while deleted < limit:
             n, more = await self.store.cleanup(

@@ -214,18 +214,19 @@ async def test_cleanup_removes_exactly_what_is_past_retention(api: Api, redis: R
     old_cancelled = (await api.create("A"))["id"]
     assert (await api.call("POST", f"{TASKS}/{old_cancelled}/cancel", "producer"))[0] == 200
     old = [old_done, old_dead, old_cancelled]
-    await backdate(redis, keys.retention(TAG), old, now_ms() - 2 * HOUR_MS)
+    await backdate(redis, keys.retention(TAG), old, now_ms() - 26 * HOUR_MS)
     recent = await completed(api, "A", idempotencyKey="recent-key")
     pending = (await api.create("A", idempotencyKey="pending-key"))["id"]
     delayed = (await api.create("A", delaySeconds=3600))["id"]
     leased = (await api.create("L"))["id"]
     await claimed(api, "L")
 
-    before = iso(datetime.now(UTC) - timedelta(hours=1))
+    before = iso(datetime.now(UTC) - timedelta(hours=1))  # retention expired an hour ago
     status, data = await admin(api, "POST", "/tasks/cleanup", {"before": before})
     assert status == 200, data
     assert data["deleted"] == 3
     assert abs(epoch(data["before"]) - epoch(before)) < 0.01
+    assert abs(epoch(data["endedBefore"]) - (epoch(before) - 86_400)) < 0.01
     for task_id in old:
         assert (await api.get(task_id))[0] == 404
         assert not await redis.exists(
@@ -246,7 +247,7 @@ async def test_cleanup_honours_its_limit(api: Api, redis: Redis) -> None:
     """Cleanup deletes at most `limit` tasks per call, oldest first."""
     ids = [await completed(api, "A") for _ in range(5)]
     for age, task_id in enumerate(ids):
-        await backdate(redis, keys.retention(TAG), [task_id], now_ms() - (10 - age) * HOUR_MS)
+        await backdate(redis, keys.retention(TAG), [task_id], now_ms() - (34 - age) * HOUR_MS)
     body = {"limit": 2, "before": iso(datetime.now(UTC))}
     assert (await admin(api, "POST", "/tasks/cleanup", body))[1]["deleted"] == 2
     assert [(await api.get(i))[0] for i in ids] == [404, 404, 200, 200, 200]
@@ -265,7 +266,8 @@ async def test_cleanup_defaults_to_the_retention_period(api: Api, redis: Redis) 
     status, data = await admin(api, "POST", "/tasks/cleanup")
     assert status == 200, data
     assert (data["deleted"], data["limit"]) == (1, 1000)
-    assert abs(epoch(data["before"]) - (time.time() - 86_400)) < 60
+    assert abs(epoch(data["before"]) - time.time()) < 60
+    assert abs(epoch(data["endedBefore"]) - (time.time() - 86_400)) < 60
     assert (await api.get(expired))[0] == 404
     assert (await api.get(young))[0] == 200
 
@@ -640,3 +642,17 @@ async def test_history_tells_why_a_task_is_not_done(api: Api) -> None:
     assert entries[-1]["event"] == "dead_lettered"
     _, task_now = await api.get(created["id"])
     assert (task_now["status"], task_now["lastError"]) == ("FAILED", "db down")
+
+
+async def test_cleanup_before_now_keeps_a_result_completed_a_second_ago(
+    api: Api, redis: Redis
+) -> None:
+    """codeQ's `before=now` means "retention expired before now": a task completed a
+    second ago is kept, one that ended past the retention period is deleted."""
+    fresh = await completed(api, "A")
+    expired = await completed(api, "A")
+    await backdate(redis, keys.retention(TAG), [expired], now_ms() - 25 * HOUR_MS)
+    status, data = await admin(api, "POST", "/tasks/cleanup", {"before": iso(datetime.now(UTC))})
+    assert (status, data["deleted"]) == (200, 1), data
+    assert (await api.get(fresh))[0] == 200
+    assert (await api.get(expired))[0] == 404

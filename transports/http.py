@@ -458,7 +458,9 @@ async def admin_cleanup(request: web.Request) -> web.Response:
     who = await _caller(request, ctx.auth.anyone)
     limit, before = wire.parse_cleanup(await _body(request, wire.CLEANUP_FIELDS))
     deleted, cutoff = await ctx.service.admin.cleanup(who, before_ms=before, limit=limit)
-    return _respond(request, {"deleted": deleted, "before": rfc3339(cutoff), "limit": limit})
+    expired_before = cutoff + ctx.service.admin.retention_ms  # `before` as given, or now
+    body = {"deleted": deleted, "before": rfc3339(expired_before), "limit": limit}
+    return _respond(request, body | {"endedBefore": rfc3339(cutoff)})
 
 
 async def admin_callbacks(request: web.Request) -> web.Response:
