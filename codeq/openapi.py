@@ -158,6 +158,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", f"{PREFIX}/admin/queues", "Stats of every queue", "admin",
               answers={200: "QueueStatsList"}),
     Operation("GET", _QUEUE, "Stats of one queue", "admin", answers={200: "QueueStats"}),
+    Operation("GET", f"{_QUEUE}/stats", "Stats of one queue (the path of codeQ's older SDKs)",
+              "admin", answers={200: "QueueStats"}),
     Operation("POST", f"{_QUEUE}/pause", "Pause claims of a command", "admin",
               answers={200: "object"}),
     Operation("POST", f"{_QUEUE}/resume", "Resume claims of a command", "admin",

@@ -128,6 +128,16 @@ async def test_queue_stats_match_a_mixed_workload(api: Api) -> None:
     assert (status, one) == (200, queues[0])
 
 
+async def test_queue_stats_answer_on_codeqs_older_path(api: Api) -> None:
+    """GET /admin/queues/{command}/stats (the seed-era Node SDK's getQueueStats)
+    answers exactly like GET /admin/queues/{command}, with the same auth."""
+    await api.create("A")
+    await api.create("A", delaySeconds=60)
+    assert await admin(api, "GET", "/queues/A/stats") == await admin(api, "GET", "/queues/A")
+    status, _, _ = await api.call("GET", "/v1/codeq/admin/queues/A/stats", "producer")
+    assert status == 403
+
+
 async def test_stats_of_an_unknown_command_are_zeros(api: Api) -> None:
     """An unknown command has zero counts, as codeQ answers."""
     status, stats = await admin(api, "GET", "/queues/NEVER_SEEN")

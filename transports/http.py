@@ -525,6 +525,7 @@ def build_app(ctx: TransportContext) -> web.Application:
     admin = f"{PREFIX}/admin"
     app.router.add_get(f"{admin}/queues", admin_queues)
     app.router.add_get(f"{admin}/queues/{{command}}", admin_queue)
+    app.router.add_get(f"{admin}/queues/{{command}}/stats", admin_queue)  # codeQ's older path
     app.router.add_post(f"{admin}/queues/{{command}}/pause", admin_pause)
     app.router.add_post(f"{admin}/queues/{{command}}/resume", admin_resume)
     app.router.add_post(f"{admin}/queues/{{command}}/purge", admin_purge)
