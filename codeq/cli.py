@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
     print(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode())
+    for warning in config.notes:
+        print(f"warning: {warning}", file=sys.stderr)
     if not args.store:
         return 0
     from codeq.store.client import check_store

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from codeq import codeq_config
 from codeq.domain import BackoffPolicy
 
 T = TypeVar("T")
@@ -284,6 +285,18 @@ class RedisAddress(Kind):
         )
 
 
+class ProviderConfig(Kind):
+    """codeQ's provider config: a JSON object (text in the environment)."""
+
+    metavar: ClassVar[str] = "JSON"
+
+    def parse(self, value: object, text: bool) -> dict[str, Any]:
+        try:
+            return codeq_config.provider_config(value)
+        except codeq_config.ProviderConfigError as exc:
+            raise _Invalid(str(exc)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Names(Kind):
     """A list of lower-case names (a YAML list, or comma-separated text)."""
@@ -351,10 +364,8 @@ class StaticTokens(Kind):
             if not isinstance(sub, str) or not sub:
                 raise _Invalid(f"{who}: claims need a non-empty string 'sub'")
             who = f"{who} (sub {sub!r})"
-            if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
-                raise _Invalid(
-                    f"{who}: token must be a string of at least {MIN_TOKEN_LENGTH} characters"
-                )
+            if not isinstance(token, str) or not token:
+                raise _Invalid(f"{who}: token must be a non-empty string")
             if any(ch.isspace() for ch in token):
                 raise _Invalid(f"{who}: token must not contain whitespace")
             tokens.append(StaticToken(token=token, claims=dict(claims)))
@@ -514,6 +525,22 @@ class Config:
     worker_auth_provider: str | None = setting(
         None, _AUTH_PROVIDER, "worker auth provider; unset = dev mode (or static if tokens exist)"
     )
+    producer_auth_config: Mapping[str, Any] | None = setting(
+        None,
+        ProviderConfig(),
+        "codeQ's producer provider config (JSON): static {token, subject, raw} or jwks "
+        "{jwksUrl, issuer, audience, clockSkew}",
+        secret=True,
+        flag=False,
+    )
+    worker_auth_config: Mapping[str, Any] | None = setting(
+        None,
+        ProviderConfig(),
+        "codeQ's worker provider config (JSON): static {token, subject, scopes, eventTypes, "
+        "raw} or jwks {jwksUrl, issuer, audience, clockSkew}",
+        secret=True,
+        flag=False,
+    )
     identity_jwks_url: str | None = setting(
         None, _JWKS_URL, "JWKS of the producer token issuer (https://, http:// or file://)"
     )
@@ -622,6 +649,10 @@ class Config:
         60.0, Number(0.1, 86_400), "longest wait between subscription cleaner sweeps"
     )
 
+    # What loading said that is not an error (codeQ keys not applied, short dev
+    # tokens): the daemon logs each as a warning at start. Not a setting.
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
     @property
     def dev_mode(self) -> bool:
         """True when neither producers nor workers have an auth provider."""
@@ -690,6 +721,8 @@ def _camel(name: str) -> str:
 def _specs() -> tuple[Spec, ...]:
     rows = []
     for f in fields(Config):
+        if "setting" not in f.metadata:
+            continue  # notes
         about: Setting = f.metadata["setting"]
         rows.append(
             Spec(
@@ -737,8 +770,9 @@ def load_config(
     """
     environ = os.environ if environ is None else environ
     problems: list[str] = []
+    notes: list[str] = []
     given = [
-        *(_file_layer(Path(path), problems) if path is not None else ()),
+        *(_file_layer(Path(path), problems, notes) if path is not None else ()),
         *_env_layer(environ),
         *_flag_layer(flags or {}, problems),
     ]
@@ -752,9 +786,12 @@ def load_config(
         else:
             origins[item.spec.name] = item.origin
     _raise_if(problems)
-    config = _with_implied_providers(Config(**values))
+    config = _with_codeq_auth_configs(Config(**values), origins, problems)
+    _raise_if(problems)
+    config = _with_implied_providers(config)
     _raise_if(list(_conflicts(config, origins)))
-    return config
+    notes += _short_token_notes(config)
+    return replace(config, notes=tuple(notes)) if notes else config
 
 
 def _parse(item: _Given) -> Any:
@@ -763,7 +800,7 @@ def _parse(item: _Given) -> Any:
     return item.spec.kind.parse(item.raw, item.text)
 
 
-def _file_layer(path: Path, problems: list[str]) -> Iterator[_Given]:
+def _file_layer(path: Path, problems: list[str], notes: list[str]) -> Iterator[_Given]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -782,12 +819,19 @@ def _file_layer(path: Path, problems: list[str]) -> Iterator[_Given]:
         return
     if not isinstance(document, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys")
+    not_applied = []
     for key, raw in document.items():
         spec = _BY_YAML_KEY.get(key) if isinstance(key, str) else None
-        if spec is None:
-            problems.append(f"unknown config key {key!r} in {path}{_suggestion(key)}")
-        else:
+        if spec is not None:
             yield _Given(spec, raw, f"file {path}", text=False)
+        elif key in codeq_config.NOT_APPLIED:
+            not_applied.append(f"{key} ({codeq_config.NOT_APPLIED[key]})")
+        else:
+            problems.append(f"unknown config key {key!r} in {path}{_suggestion(key)}")
+    if not_applied:
+        notes.append(
+            f"codeQ config keys in {path} that codeq does not apply: " + "; ".join(not_applied)
+        )
 
 
 def _env_layer(environ: Mapping[str, str]) -> Iterator[_Given]:
@@ -846,6 +890,53 @@ _JWKS_URL_OF = {
     "producer_auth_provider": "identity_jwks_url",
     "worker_auth_provider": "worker_jwks_url",
 }
+
+
+def _with_codeq_auth_configs(
+    config: Config, origins: Mapping[str, str], problems: list[str]
+) -> Config:
+    """codeQ's producerAuthConfig / workerAuthConfig applied (see codeq.codeq_config):
+    a static one adds its token to staticTokens (one token in both is a producer and
+    a worker, with the worker's subject), a jwks one sets the role's JWKS settings
+    that codeq's own keys leave unset. The role's provider follows the config."""
+    changes: dict[str, Any] = {}
+    tokens = {t.token: dict(t.claims) for t in config.static_tokens}
+    for role in ("producer", "worker"):
+        name, provider_name = f"{role}_auth_config", f"{role}_auth_provider"
+        given = getattr(config, name)
+        if given is None:
+            continue
+        provider = getattr(config, provider_name) or ("jwks" if "jwksUrl" in given else "static")
+        audience = config.worker_audience if role == "worker" else None
+        try:
+            if provider == "static":
+                token, claims = codeq_config.static_token(given, worker_audience=audience)
+                tokens[token] = {**tokens.get(token, {}), **claims}
+            else:
+                for attr, value in codeq_config.jwks_settings(given, role=role).items():
+                    if attr not in origins:  # codeq's own key wins
+                        changes[attr] = _BY_NAME[attr].kind.parse(value, False)
+        except (codeq_config.ProviderConfigError, _Invalid) as exc:
+            problems.append(_problem(_BY_NAME[name], origins.get(name), str(exc), echo=False))
+            continue
+        changes[provider_name] = provider
+    if len(tokens) > len(config.static_tokens) or tokens != {
+        t.token: dict(t.claims) for t in config.static_tokens
+    }:
+        changes["static_tokens"] = tuple(StaticToken(t, c) for t, c in tokens.items())
+    return replace(config, **changes) if changes else config
+
+
+def _short_token_notes(config: Config) -> list[str]:
+    """A warning for static tokens shorter than MIN_TOKEN_LENGTH outside prod (codeQ's
+    `dev-token`); env prod refuses them (_prod_conflicts)."""
+    short = [t.claims.get("sub") for t in config.static_tokens if len(t.token) < MIN_TOKEN_LENGTH]
+    if not short or config.env == "prod":
+        return []
+    return [
+        f"static tokens shorter than {MIN_TOKEN_LENGTH} characters (sub "
+        f"{', '.join(map(repr, short))}): fine for dev, refused with env prod"
+    ]
 
 
 def _with_implied_providers(config: Config) -> Config:
@@ -931,6 +1022,11 @@ def _prod_conflicts(config: Config, problem: Callable[[str, str], str]) -> Itera
         )
     if config.allow_producer_as_worker:
         yield problem("allow_producer_as_worker", "is for dev only; env 'prod' forbids it")
+    if any(len(t.token) < MIN_TOKEN_LENGTH for t in config.static_tokens):
+        yield problem(
+            "static_tokens",
+            f"env 'prod' refuses static tokens shorter than {MIN_TOKEN_LENGTH} characters",
+        )
     if any(t.token.startswith(PLACEHOLDER_TOKEN_PREFIX) for t in config.static_tokens):
         yield problem(
             "static_tokens",

@@ -134,6 +134,8 @@ class Daemon:
         """Store first, then actors, then transports: nothing listens before the
         store is connected and the scripts are loaded."""
         config = self.config
+        for note in config.notes:
+            log.warning("config warning", detail=note)
         redis = await self._connect_store()
         self.store = Store(
             redis,

@@ -317,13 +317,24 @@ def test_auth_allows_public_bind_address(tmp_path: Path) -> None:
     assert load_config(path, environ={}).bind_address == "0.0.0.0"
 
 
-def test_short_static_token_is_refused(tmp_path: Path) -> None:
-    """A static token shorter than 16 characters is refused without echoing it."""
-    path = write_yaml(tmp_path, static_config(staticTokens={"short-tok": {"sub": "alice"}}))
-    message = load_error(path=path)
+def test_short_static_token_is_refused_in_prod(tmp_path: Path) -> None:
+    """A static token shorter than 16 characters is refused with env prod, without
+    echoing it."""
+    doc = static_config(staticTokens={"short-tok": {"sub": "alice"}}, env="prod")
+    message = load_error(path=write_yaml(tmp_path, doc))
     assert "'staticTokens'" in message
     assert "16 characters" in message
     assert "short-tok" not in message
+
+
+def test_short_static_token_is_a_warning_in_dev(tmp_path: Path) -> None:
+    """In dev, a short static token like codeQ's `dev-token` loads, with a note (the
+    daemon logs it) that names its sub, not the token."""
+    doc = static_config(staticTokens={"dev-token": {"sub": "alice"}})
+    config = load_config(write_yaml(tmp_path, doc), environ={})
+    assert [t.token for t in config.static_tokens] == ["dev-token"]
+    assert len(config.notes) == 1
+    assert "'alice'" in config.notes[0] and "dev-token" not in config.notes[0]
 
 
 def test_static_token_claims_need_sub(tmp_path: Path) -> None:
@@ -471,3 +482,121 @@ def test_example_static_tokens_file_loads() -> None:
 def test_config_dir_is_not_a_package() -> None:
     """config/ holds data only, so it never shadows codeq.config."""
     assert not (CONFIG_DIR / "__init__.py").exists()
+
+
+# ---------------------------------------------------------------- codeQ's forms
+
+CODEQ_PRODUCER = (
+    '{"token":"dev-token","subject":"producer-dev","raw":{"role":"ADMIN","tenantId":"dev-tenant"}}'
+)
+CODEQ_WORKER = (
+    '{"token":"dev-token","subject":"worker-dev","scopes":["codeq:claim","codeq:result"],'
+    '"eventTypes":["*"],"raw":{"tenantId":"dev-tenant"}}'
+)
+
+
+def test_codeq_static_auth_configs_from_the_environment() -> None:
+    """codeQ's PRODUCER_AUTH_CONFIG / WORKER_AUTH_CONFIG (static, as its local compose
+    sets them) become static tokens; one token in both is producer and worker."""
+    config = load_config(
+        None,
+        environ={
+            "PRODUCER_AUTH_PROVIDER": "static",
+            "PRODUCER_AUTH_CONFIG": CODEQ_PRODUCER,
+            "WORKER_AUTH_PROVIDER": "static",
+            "WORKER_AUTH_CONFIG": CODEQ_WORKER,
+        },
+    )
+    assert (config.producer_auth_provider, config.worker_auth_provider) == ("static", "static")
+    [token] = config.static_tokens
+    assert token.token == "dev-token"
+    assert token.claims == {
+        "role": "ADMIN",
+        "tenantId": "dev-tenant",
+        "sub": "worker-dev",
+        "aud": ["codeq-worker"],
+        "scope": "codeq:claim codeq:result",
+        "eventTypes": ["*"],
+    }
+    assert config.masked()["producerAuthConfig"] == "***"
+
+
+def test_codeq_jwks_auth_config_sets_the_jwks_keys(tmp_path: Path) -> None:
+    """A codeQ jwks provider config (YAML object) sets the role's JWKS URL, issuer,
+    audience and clock skew; codeq's own keys win where both are given."""
+    doc = {
+        "workerAuthConfig": {
+            "jwksUrl": "https://idp.example.com/jwks.json",
+            "issuer": "https://idp.example.com",
+            "audience": "codeq-worker",
+            "clockSkew": "1m30s",
+            "httpTimeout": "5s",
+        },
+        "producerAuthConfig": {"jwksUrl": "https://idp.example.com/p.json", "issuer": "x"},
+        "identityIssuer": "https://own.example.com",
+    }
+    config = load_config(write_yaml(tmp_path, doc), environ={})
+    assert config.worker_auth_provider == "jwks" and config.producer_auth_provider == "jwks"
+    assert config.worker_jwks_url == "https://idp.example.com/jwks.json"
+    assert config.worker_issuer == "https://idp.example.com"
+    assert config.allowed_clock_skew_seconds == 90
+    assert config.identity_jwks_url == "https://idp.example.com/p.json"
+    assert config.identity_issuer == "https://own.example.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("not json", "must be a JSON object"),
+        ('{"token":"t","subject":"s","scope":"x"}', "unknown key 'scope'"),
+        ('{"subject":"s"}', "'token' must be a non-empty string"),
+        ('{"jwksUrl":"ftp://x/j","issuer":"i"}', "jwksUrl"),
+        ('{"jwksUrl":"https://x/j","clockSkew":"soon"}', "'clockSkew' must be a duration"),
+    ],
+)
+def test_bad_codeq_auth_config_is_refused(raw: str, named: str) -> None:
+    """A codeQ provider config codeq cannot read stops the start, naming the key and
+    the problem, never echoing the value."""
+    message = load_error(environ={"PRODUCER_AUTH_CONFIG": raw})
+    assert "PRODUCER_AUTH_CONFIG" in message and "producerAuthConfig" in message
+    assert named in message or "url" in message.lower(), message
+    assert raw not in message
+
+
+def test_codeq_config_file_loads_with_one_warning(tmp_path: Path) -> None:
+    """codeQ's own config file (its Helm chart's keys) loads: the keys codeq applies
+    are applied, the ones it does not are named in one note; a key nobody knows still
+    stops the start."""
+    doc = {
+        "port": 8081,
+        "redisAddr": "localhost:6666",
+        "identityServiceUrl": "http://api.example.com",
+        "identityServiceApiKey": "",
+        "logLevel": "info",
+        "logFormat": "json",
+        "env": "dev",
+        "timezone": "America/Sao_Paulo",
+        "defaultLeaseSeconds": 300,
+        "requeueInspectLimit": 200,
+        "localArtifactsDir": "/var/lib/codeq/artifacts",
+        "maxAttemptsDefault": 5,
+        "backoffPolicy": "exp_full_jitter",
+        "backoffBaseSeconds": 5,
+        "backoffMaxSeconds": 900,
+        "workerAudience": "codeq-worker",
+        "allowedClockSkewSeconds": 60,
+        "subscriptionMinIntervalSeconds": 5,
+        "subscriptionCleanupIntervalSeconds": 60,
+        "resultWebhookMaxAttempts": 5,
+        "resultWebhookBaseBackoffSeconds": 2,
+        "resultWebhookMaxBackoffSeconds": 60,
+        "persistenceProvider": "redis",
+        "tracingEnabled": False,
+    }
+    config = load_config(write_yaml(tmp_path, doc), environ={})
+    assert (config.port, config.redis_addr) == (8081, "localhost:6666")
+    [note] = config.notes
+    for key in ("identityServiceUrl", "timezone", "requeueInspectLimit", "persistenceProvider"):
+        assert key in note
+    message = load_error(path=write_yaml(tmp_path, {**doc, "nobodysKey": 1}, name="bad.yaml"))
+    assert "unknown config key 'nobodysKey'" in message
