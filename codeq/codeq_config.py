@@ -25,7 +25,6 @@ NOT_APPLIED: Mapping[str, str] = {
     "identityServiceApiKey": "codeQ's legacy identity service; use producerAuthProvider",
     "timezone": "codeq writes every time in UTC (RFC 3339, Z)",
     "requeueInspectLimit": "codeq's claims are O(1) and inspect nothing",
-    "localArtifactsDir": "codeq does not store inline artifacts yet",
     "subscriptionMinIntervalSeconds": (
         "codeq takes minIntervalSeconds per subscription (default 5), floored by "
         "subscriptionMinIntervalFloorSeconds"

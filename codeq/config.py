@@ -464,6 +464,17 @@ class Config:
         "data directory of the embedded store; unset = $STATE_DIRECTORY, $XDG_STATE_HOME/codeq or "
         "~/.local/state/codeq",
     )
+    local_artifacts_dir: str | None = setting(
+        None,
+        FilePath(),
+        "where inline artifacts (contentBase64) are kept (codeQ's name); unset = "
+        "<state directory>/artifacts",
+    )
+    artifact_max_bytes: int = setting(
+        10 * 1_048_576,
+        Integer(1, 1024 * 1_048_576),
+        "largest inline artifact (decoded); a request is also bounded by maxBodyBytes",
+    )
     redis_server_path: str | None = setting(
         None,
         FilePath(),

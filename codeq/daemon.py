@@ -8,6 +8,7 @@ import secrets
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from codeq.actors.notifier import Notifier
 from codeq.actors.reaper import LeaseReaper
 from codeq.actors.scheduler import Scheduler
 from codeq.actors.watchdog import WatchdogPinger
+from codeq.artifacts import ArtifactStore
 from codeq.auth import ReloadableAuthenticator
 from codeq.auth.factory import Auth, build_auth
 from codeq.config import Config, ConfigError
@@ -155,12 +157,17 @@ class Daemon:
         await self.webhooks.start()
         notifier, dispatcher, cleaner = webhook_actors(config, self.store, scheduler, self.webhooks)
         actors: list[Actor] = [scheduler, mover, reaper, notifier, dispatcher, cleaner]
+        artifacts = ArtifactStore(
+            Path(config.local_artifacts_dir or config.state_directory() / "artifacts"),
+            max_bytes=config.artifact_max_bytes,
+        )
         if config.janitor_interval_seconds > 0:
             actors.append(
                 Janitor(
                     self.store,
                     interval_seconds=config.janitor_interval_seconds,
                     retention_seconds=config.retention_seconds,
+                    artifacts=artifacts,
                 )
             )
         watchdog = systemd.watchdog_interval()
@@ -183,6 +190,7 @@ class Daemon:
             ),
             guard=guard,
             dispatcher=dispatcher,
+            artifacts=artifacts,
         )
         self.service.subscriptions.changed = cleaner.poke
         self.limiter = RateLimiter(self.store, rate_limits(config))

@@ -149,13 +149,23 @@ class Artifact:
 
 
 @dataclass(frozen=True, slots=True)
+class InlineArtifact:
+    """An output sent with a result itself (codeQ's `contentBase64`), to be stored by
+    the daemon and served back by URL."""
+
+    name: str
+    content: bytes = field(repr=False)
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
 class ResultSubmission:
     """A worker's terminal report for a task."""
 
     status: Status
     result: dict[str, Any] | None = None
     error: str | None = None
-    artifacts: tuple[Artifact, ...] = ()
+    artifacts: tuple[Artifact | InlineArtifact, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

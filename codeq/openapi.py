@@ -158,6 +158,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("GET", f"{PREFIX}/admin/queues", "Stats of every queue", "admin",
               answers={200: "QueueStatsList"}),
     Operation("GET", _QUEUE, "Stats of one queue", "admin", answers={200: "QueueStats"}),
+    Operation("GET", f"{_TASK_ID}/artifacts/{{name}}", "An inline artifact of the task",
+              "any", answers={200: "bytes"}),
     Operation("GET", f"{_QUEUE}/stats", "Stats of one queue (the path of codeQ's older SDKs)",
               "admin", answers={200: "QueueStats"}),
     Operation("POST", f"{_QUEUE}/pause", "Pause claims of a command", "admin",
@@ -245,6 +247,9 @@ def _answer(description: str) -> dict[str, Any]:
         return {"description": "OK", "content": {JSON: {"schema": _OBJECT}}}
     if description == "text":
         return {"description": "OK", "content": {"text/plain": {"schema": _STRING}}}
+    if description == "bytes":  # the content type the artifact was stored with
+        binary = {"type": "string", "format": "binary"}
+        return {"description": "OK", "content": {"*/*": {"schema": binary}}}
     if description in SCHEMAS:
         return {"description": "OK", "content": {JSON: {"schema": _ref(description)}}}
     return {"description": description}
@@ -254,7 +259,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     doc: dict[str, Any] = {"summary": op.summary, "operationId": _operation_id(op)}
     params = [
         {"name": name, "in": "path", "required": True, "schema": _STRING}
-        for name in ("id", "command")
+        for name in ("id", "command", "name")
         if f"{{{name}}}" in op.path
     ]
     params += [

@@ -9,18 +9,22 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from codeq import metrics
 from codeq.admin import Admin
+from codeq.artifacts import ArtifactStore, Staged
 from codeq.domain import (
     TASK_ID_RE,
     TERMINAL,
+    Artifact,
     ClaimRequest,
     CodeqError,
+    Conflict,
     Forbidden,
     HistoryEntry,
+    InlineArtifact,
     Invalid,
     LeaseProof,
     NackOutcome,
@@ -77,6 +81,7 @@ class Service:
         *,
         guard: UrlGuard | None = None,
         dispatcher: CallbackDispatcher | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.store = store
         self.scheduler = scheduler
@@ -85,6 +90,7 @@ class Service:
         self.settings = settings
         self.guard = guard or UrlGuard()
         self.dispatcher = dispatcher
+        self.artifacts = artifacts
         self.draining = False
         self._result_waiters: dict[str, set[asyncio.Event]] = {}
         self.subscriptions = Subscriptions(store, self.guard, settings.subscriptions)
@@ -372,12 +378,42 @@ class Service:
         self, who: Principal, task_id: str, proof: LeaseProof, submission: ResultSubmission
     ) -> Result:
         _require_scope(who, "codeq:result")
+        tag = self._tag_for(who, task_id)
+        staged = await self._stage_artifacts(tag, task_id, submission)
+        if staged is not None:
+            submission = replace(submission, artifacts=_stored(submission, staged))
         now = now_ms()
-        recorded = await self.store.submit_result(
-            self._tag_for(who, task_id), task_id, proof, submission, now_ms=now
-        )
+        try:
+            recorded = await self.store.submit_result(tag, task_id, proof, submission, now_ms=now)
+        except (Conflict, Forbidden, NotFound, Invalid):
+            if staged is not None:  # refused for sure: the files must not stay
+                await self._artifacts().discard(staged)
+            raise
+        if staged is not None:  # (a timeout leaves them staged: pruned when stale)
+            await self._artifacts().commit(staged)
         self._finished([recorded], now=now)
         return recorded.result
+
+    async def _stage_artifacts(
+        self, tag: str, task_id: str, submission: ResultSubmission
+    ) -> Staged | None:
+        inline = [a for a in submission.artifacts if isinstance(a, InlineArtifact)]
+        if not inline:
+            return None
+        return await self._artifacts().stage(tag, task_id, inline)
+
+    def _artifacts(self) -> ArtifactStore:
+        if self.artifacts is None:
+            raise Invalid("inline artifacts are not stored by this daemon", field="artifacts")
+        return self.artifacts
+
+    async def artifact(self, who: Principal, task_id: str, name: str) -> tuple[bytes, str]:
+        """An inline artifact of a task of the caller's tenant: content and type."""
+        tag = self._tag_for(who, task_id)
+        found = await self.artifacts.read(tag, task_id, name) if self.artifacts else None
+        if found is None:
+            raise NotFound("artifact not found")
+        return found
 
     async def submit_results(
         self, who: Principal, items: Sequence[tuple[str, str | None, ResultSubmission] | CodeqError]
@@ -393,6 +429,12 @@ class Service:
             if not isinstance(item, CodeqError):
                 try:
                     self._tag_for(who, item[0])
+                    if any(isinstance(a, InlineArtifact) for a in item[2].artifacts):
+                        raise Invalid(
+                            "inline artifacts (contentBase64) go to POST /tasks/{id}/result, "
+                            "one result at a time",
+                            field="artifacts",
+                        )
                 except CodeqError as exc:
                     item = exc
             if isinstance(item, CodeqError):
@@ -443,6 +485,14 @@ class Service:
         if keys.tag_of(task_id) != tag:
             raise NotFound("task not found")
         return tag
+
+
+def _stored(submission: ResultSubmission, staged: Staged) -> tuple[Artifact, ...]:
+    """A result's artifacts with the inline ones replaced by their stored URLs."""
+    by_name = {a.name: a for a in staged.artifacts}
+    return tuple(
+        by_name[a.name] if isinstance(a, InlineArtifact) else a for a in submission.artifacts
+    )
 
 
 def _filled(answers: list[T | None]) -> list[T]:

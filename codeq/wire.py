@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from codeq.artifacts import CONTENT_TYPE_RE
+from codeq.artifacts import NAME_RE as ARTIFACT_NAME_RE
 from codeq.domain import (
     COMMAND_RE,
     MAX_DELAY_SECONDS,
@@ -31,6 +33,7 @@ from codeq.domain import (
     DlqQuery,
     Forbidden,
     HistoryEntry,
+    InlineArtifact,
     Invalid,
     NackOutcome,
     NewSubscription,
@@ -261,28 +264,59 @@ def parse_result(body: Body) -> ResultSubmission:
     return ResultSubmission(status, result, error, _artifacts(body.get("artifacts")))
 
 
-def _artifacts(raw: Any) -> tuple[Artifact, ...]:
+def _artifacts(raw: Any) -> tuple[Artifact | InlineArtifact, ...]:
+    """A result's artifacts: {name, url} references, or {name, contentBase64,
+    contentType} content for the daemon to store (codeQ's uploader)."""
     if raw is None:
         return ()
     if not isinstance(raw, list) or len(raw) > 100:
         raise Invalid("artifacts must be a list of at most 100 items", field="artifacts")
-    out = []
+    out: list[Artifact | InlineArtifact] = []
     for item in raw:
         if not isinstance(item, dict):
-            raise Invalid("each artifact must be an object with name and url", field="artifacts")
-        if "contentBase64" in item:
             raise Invalid(
-                "inline artifacts (contentBase64) are not supported: upload the content and "
-                "pass its url",
+                "each artifact must be an object: {name, url} or {name, contentBase64, "
+                "contentType}",
                 field="artifacts",
             )
+        if "contentBase64" in item:
+            out.append(_inline_artifact(item))
+            continue
         name = _text(item, "name", max_len=256, required=True)
         url = _url(item, "url")
         if url is None:
-            raise Invalid("each artifact needs a url", field="artifacts")
+            raise Invalid("each artifact needs a url (or contentBase64)", field="artifacts")
         assert name is not None
         out.append(Artifact(name=name, url=url))
+    names = [a.name for a in out if isinstance(a, InlineArtifact)]
+    if len(set(names)) < len(names):
+        raise Invalid("inline artifacts need distinct names", field="artifacts")
     return tuple(out)
+
+
+def _inline_artifact(item: dict[str, Any]) -> InlineArtifact:
+    name = item.get("name")
+    if not isinstance(name, str) or not ARTIFACT_NAME_RE.fullmatch(name):
+        raise Invalid(
+            "an inline artifact's name must be 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            field="artifacts",
+        )
+    encoded = item["contentBase64"]
+    try:
+        if not isinstance(encoded, str):
+            raise ValueError
+        content = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        problem = f"artifact {name!r}: contentBase64 is not base64"
+        raise Invalid(problem, field="artifacts") from None
+    content_type = item.get("contentType", "application/octet-stream")
+    if not isinstance(content_type, str) or not CONTENT_TYPE_RE.fullmatch(content_type):
+        raise Invalid(
+            f"artifact {name!r}: contentType must be a media type like 'image/png'",
+            field="artifacts",
+        )
+    return InlineArtifact(name=name, content=content, content_type=content_type)
 
 
 # ------------------------------------------------------------ responses

@@ -257,6 +257,25 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(wire.task_to_wire(task))
 
 
+async def get_artifact(request: web.Request) -> web.Response:
+    """An inline artifact, as stored: never rendered by a browser (attachment,
+    nosniff), private to the tenant."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    name = request.match_info["name"]
+    content, content_type = await ctx.service.artifact(who, request.match_info["id"], name)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+    return web.Response(body=content, content_type=_media_type(content_type), headers=headers)
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip() or "application/octet-stream"
+
+
 async def get_result(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.anyone)
@@ -516,6 +535,7 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_get(f"{PREFIX}/tasks/{{id}}", get_task)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/result", get_result)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/history", get_history)
+    app.router.add_get(f"{PREFIX}/tasks/{{id}}/artifacts/{{name}}", get_artifact)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/cancel", cancel_task)
     subscriptions = f"{PREFIX}/workers/subscriptions"
     app.router.add_post(subscriptions, create_subscription)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import structlog
 
 from codeq.actors.base import Actor, pause_after_error
+from codeq.artifacts import ArtifactStore
 from codeq.domain import Unavailable
 from codeq.store.store import Store
 
@@ -30,9 +32,11 @@ class Janitor(Actor):
         retention_seconds: int,
         batch: int = 1000,
         max_per_pass: int = 10_000,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         super().__init__()
         self.store = store
+        self.artifacts = artifacts
         self.interval_ms = interval_seconds * 1000
         self.retention_ms = retention_seconds * 1000
         self.batch = batch
@@ -66,5 +70,7 @@ class Janitor(Actor):
                 if not more:
                     break
             await self.store.prune_callbacks(tag, before_ms=before, limit=self.batch)
+            if self.artifacts is not None:  # the files of tasks the store no longer has
+                await self.artifacts.prune(tag, functools.partial(self.store.existing_tasks, tag))
         self.deleted += deleted
         return deleted

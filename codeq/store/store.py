@@ -26,6 +26,7 @@ from codeq.domain import (
     DlqPosition,
     Forbidden,
     HistoryEntry,
+    Invalid,
     LeaseProof,
     NackOutcome,
     NewTask,
@@ -738,6 +739,14 @@ class Store:
 
     # ------------------------------------------------------------ reads
 
+    async def existing_tasks(self, tag: str, task_ids: Sequence[str]) -> set[str]:
+        """Which of these tasks the store still has (one round trip)."""
+        async with self._reachable(), self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.exists(keys.task(tag, task_id))
+            found = await pipe.execute() if task_ids else []
+        return {task_id for task_id, n in zip(task_ids, found, strict=True) if n}
+
     async def get_task(self, tag: str, task_id: str) -> Task | None:
         async with self._reachable():
             fields: dict[str, str] = await self.redis.hgetall(keys.task(tag, task_id))  # type: ignore[assignment]
@@ -788,12 +797,16 @@ def _created(reply: Any, row: NewTaskRow, tenant: str, now_ms: int) -> tuple[Tas
 
 
 def _result_of(task_id: str, submission: ResultSubmission, now_ms: int) -> Result:
+    """The Result to record; inline artifacts must have been stored (by URL) before."""
+    artifacts = tuple(a for a in submission.artifacts if isinstance(a, Artifact))
+    if len(artifacts) < len(submission.artifacts):
+        raise Invalid("inline artifacts (contentBase64) are taken by POST /tasks/{id}/result only")
     return Result(
         task_id=task_id,
         status=submission.status,
         result=submission.result,
         error=submission.error,
-        artifacts=submission.artifacts,
+        artifacts=artifacts,
         completed_at_ms=now_ms,
     )
 
