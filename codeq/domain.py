@@ -18,6 +18,11 @@ MAX_DELAY_SECONDS = 365 * 86_400
 COMMAND_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 # Task IDs are "<tenant tag>-<random>": opaque, URL-safe, at most 64 characters.
 TASK_ID_RE = re.compile(r"^[0-9a-f]{12}-[A-Za-z0-9_-]{10,40}$")
+# What any task id may look like (SPEC §2: opaque, URL-safe, at most 64 characters):
+# an id of this shape that codeq did not mint is unknown (404, as codeQ); only an id
+# that can never be valid is a 400.
+OPAQUE_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
+MAX_RESULT_WAIT_SECONDS = 60
 
 
 class Status(StrEnum):

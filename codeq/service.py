@@ -16,6 +16,7 @@ from codeq import metrics
 from codeq.admin import Admin
 from codeq.artifacts import ArtifactStore, Staged
 from codeq.domain import (
+    OPAQUE_ID_RE,
     TASK_ID_RE,
     TERMINAL,
     Artifact,
@@ -479,8 +480,12 @@ class Service:
     def _tag_for(who: Principal, task_id: str) -> str:
         """The caller's tenant tag, if the task ID routes there; another tenant's
         task is simply not found, so its existence does not leak."""
-        if not TASK_ID_RE.match(task_id):
-            raise Invalid("invalid task id", field="id")
+        if not OPAQUE_ID_RE.match(task_id):
+            raise Invalid(
+                "invalid task id: at most 64 letters, digits, '.', '_', '~' or '-'", field="id"
+            )
+        if not TASK_ID_RE.match(task_id):  # not one codeq minted (a UUID, say)
+            raise NotFound("task not found")
         tag = keys.tenant_tag(who.tenant)
         if keys.tag_of(task_id) != tag:
             raise NotFound("task not found")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from codeq.domain import (
     COMMAND_RE,
     MAX_DELAY_SECONDS,
     MAX_LEASE_SECONDS,
+    MAX_RESULT_WAIT_SECONDS,
     MAX_WAIT_SECONDS,
     TASK_ID_RE,
     Artifact,
@@ -196,9 +198,9 @@ def parse_create(body: Body) -> NewTask:
     assert command is not None
     if not COMMAND_RE.match(command):
         raise Invalid("command may only contain letters, digits and _ . : -", field="command")
-    payload = body.get("payload", {})
-    if not isinstance(payload, dict):
-        raise Invalid("payload must be a JSON object", field="payload")
+    payload = body.get("payload")
+    if payload is None:  # codeQ binds it as required; any other JSON value is kept
+        raise Invalid("payload is required (any JSON value but null, e.g. {})", field="payload")
     priority = _int(body, "priority", -(2**31), 2**31 - 1)
     delay = _number(body, "delaySeconds", 0, MAX_DELAY_SECONDS)
     return NewTask(
@@ -215,7 +217,9 @@ def parse_create(body: Body) -> NewTask:
     )
 
 
-def parse_claim(body: Body) -> ClaimRequest:
+def parse_claim(body: Body, warnings: list[str] | None = None) -> ClaimRequest:
+    """A claim; a waitSeconds outside 0..30 is clamped as codeQ does (≤ 0: no wait),
+    and the clamp named in `warnings`."""
     commands = body.get("commands", [])
     if commands is None:
         commands = []
@@ -229,8 +233,19 @@ def parse_claim(body: Body) -> ClaimRequest:
     return ClaimRequest(
         commands=tuple(commands),
         lease_seconds=_int(body, "leaseSeconds", 1, MAX_LEASE_SECONDS),
-        wait_seconds=_number(body, "waitSeconds", 0, MAX_WAIT_SECONDS) or 0.0,
+        wait_seconds=_clamped_wait(
+            _number(body, "waitSeconds", -math.inf, math.inf), MAX_WAIT_SECONDS, warnings
+        ),
     )
+
+
+def _clamped_wait(value: float | None, most: float, warnings: list[str] | None) -> float:
+    if value is None:
+        return 0.0
+    clamped = min(max(value, 0.0), most)
+    if clamped != value and warnings is not None:
+        warnings.append(f"waitSeconds {value:g} clamped to {clamped:g} (0..{most:g})")
+    return clamped
 
 
 def parse_lease_token(body: Body, header: str | None) -> str | None:
@@ -369,8 +384,8 @@ def result_to_wire(result: Result) -> dict[str, Any]:
 
 
 def nack_to_wire(outcome: NackOutcome) -> dict[str, Any]:
-    if outcome.dead_lettered:
-        return {"status": "dead_lettered", "error": "MAX_ATTEMPTS"}
+    if outcome.dead_lettered:  # codeQ's answer, which its SDKs read
+        return {"status": "dlq", "delaySeconds": 0, "error": "MAX_ATTEMPTS"}
     if outcome.cancelled:
         return {"status": "cancelled"}
     return {"status": "requeued", "delaySeconds": outcome.delay_seconds}
@@ -575,20 +590,22 @@ def subscription_to_wire(sub: Subscription) -> dict[str, Any]:
     return wire
 
 
-def parse_result_wait(query: Mapping[str, str]) -> float:
-    """GET /tasks/{id}/result?waitSeconds=N: how long to wait for the task to end."""
+def parse_result_wait(query: Mapping[str, str], warnings: list[str] | None = None) -> float:
+    """GET /tasks/{id}/result?waitSeconds=N: how long to wait for the task to end;
+    as codeQ, 0..60 with larger values capped to 60 and bad or ≤ 0 ones meaning no
+    wait (named in `warnings`)."""
     raw = query.get("waitSeconds")
     if raw is None or raw == "":
         return 0.0
     try:
         value = float(raw)
     except ValueError:
-        raise Invalid(f"waitSeconds must be a number, got {raw!r}", field="waitSeconds") from None
-    if not 0 <= value <= MAX_WAIT_SECONDS:
-        raise Invalid(
-            f"waitSeconds must be between 0 and {MAX_WAIT_SECONDS}, got {raw}", field="waitSeconds"
-        )
-    return value
+        value = math.nan
+    if not math.isfinite(value):
+        if warnings is not None:
+            warnings.append(f"waitSeconds {raw!r} is not a number: no wait")
+        return 0.0
+    return _clamped_wait(value, MAX_RESULT_WAIT_SECONDS, warnings)
 
 
 def parse_callbacks_limit(query: Mapping[str, str]) -> int:

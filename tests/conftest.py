@@ -480,6 +480,7 @@ class Api:
             return resp.status, data, resp.headers
 
     async def create(self, command: str = "A", who: str = "producer", **fields: Any) -> Any:
+        fields.setdefault("payload", {})  # required, as codeQ
         status, body, _ = await self.call(
             "POST", "/v1/codeq/tasks", who, {"command": command, **fields}
         )

@@ -73,7 +73,7 @@ async def dead_lettered(
         task = await claimed(api, command)
         assert task["id"] == created["id"]
         outcome = await post(api, task["id"], "nack", reason=reason)
-        assert outcome["status"] == "dead_lettered"
+        assert outcome["status"] == "dlq"
         ids.append(created["id"])
     return ids
 
@@ -641,7 +641,7 @@ async def test_history_tells_why_a_task_is_not_done(api: Api) -> None:
 
     again = await wait_for(requeued, timeout=10, message="the expired task to be claimable")
     outcome = await post(api, again["id"], "nack", reason="db down")
-    assert outcome["status"] == "dead_lettered"
+    assert outcome["status"] == "dlq"
 
     entries = await history(api, created["id"])
     expired = next(e for e in entries if e["event"] == "lease_expired")

@@ -26,7 +26,7 @@ ALL_SCOPES = "codeq:claim codeq:heartbeat codeq:abandon codeq:nack codeq:result 
 TASK = "/v1/codeq/tasks/{id}"
 # (method, path, body, kind): kind says which token the endpoint wants.
 ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str]] = [
-    ("POST", "/v1/codeq/tasks", {"command": "A"}, "producer"),
+    ("POST", "/v1/codeq/tasks", {"command": "A", "payload": {}}, "producer"),
     ("POST", "/v1/codeq/tasks/claim", {"commands": ["A"]}, "worker"),
     ("POST", TASK + "/heartbeat", {}, "worker"),
     ("POST", TASK + "/abandon", {}, "worker"),
@@ -164,7 +164,9 @@ async def call(api: Api, method: str, path: str, token: str | None, body: Any) -
 async def leased_task(api: Api, keys: Keys) -> str:
     """A task of tenant acme, claimed by worker-1 (so by-id endpoints have a target)."""
     producer, worker = keys.sign(claims_for("producer")), keys.sign(claims_for("worker"))
-    status, created = await call(api, "POST", "/v1/codeq/tasks", producer, {"command": "A"})
+    status, created = await call(
+        api, "POST", "/v1/codeq/tasks", producer, {"command": "A", "payload": {}}
+    )
     assert status == 202, created
     status, claimed = await call(api, "POST", "/v1/codeq/tasks/claim", worker, {"commands": ["A"]})
     assert status == 200 and claimed["id"] == created["id"], claimed

@@ -115,20 +115,20 @@ async def test_worker_body_that_is_not_a_json_object(
         ({"command": "{A}"}, "command"),
         ({"command": "x" * 129}, "command"),
         ({"command": 42}, "command"),
-        ({"command": "A", "priority": "high"}, "priority"),
-        ({"command": "A", "priority": 1.5}, "priority"),
-        ({"command": "A", "maxAttempts": True}, "maxAttempts"),
-        ({"command": "A", "maxAttempts": 0}, "maxAttempts"),
-        ({"command": "A", "payload": "str"}, "payload"),
-        ({"command": "A", "payload": [1, 2]}, "payload"),
-        ({"command": "A", "delaySeconds": -5}, "delaySeconds"),
-        ({"command": "A", "delaySeconds": "soon"}, "delaySeconds"),
-        ({"command": "A", "runAt": "tomorrow"}, "runAt"),
-        ({"command": "A", "runAt": "2030-01-01T10:00:00"}, "runAt"),
-        ({"command": "A", "runAt": 1700000000}, "runAt"),
-        ({"command": "A", "webhook": "ftp://x"}, "webhook"),
-        ({"command": "A", "webhook": "not a url"}, "webhook"),
-        ({"command": "A", "idempotencyKey": 7}, "idempotencyKey"),
+        ({"command": "A", "payload": {}, "priority": "high"}, "priority"),
+        ({"command": "A", "payload": {}, "priority": 1.5}, "priority"),
+        ({"command": "A", "payload": {}, "maxAttempts": True}, "maxAttempts"),
+        ({"command": "A", "payload": {}, "maxAttempts": 0}, "maxAttempts"),
+        ({"command": "A"}, "payload"),
+        ({"command": "A", "payload": None}, "payload"),
+        ({"command": "A", "payload": {}, "delaySeconds": -5}, "delaySeconds"),
+        ({"command": "A", "payload": {}, "delaySeconds": "soon"}, "delaySeconds"),
+        ({"command": "A", "payload": {}, "runAt": "tomorrow"}, "runAt"),
+        ({"command": "A", "payload": {}, "runAt": "2030-01-01T10:00:00"}, "runAt"),
+        ({"command": "A", "payload": {}, "runAt": 1700000000}, "runAt"),
+        ({"command": "A", "payload": {}, "webhook": "ftp://x"}, "webhook"),
+        ({"command": "A", "payload": {}, "webhook": "not a url"}, "webhook"),
+        ({"command": "A", "payload": {}, "idempotencyKey": 7}, "idempotencyKey"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
@@ -152,8 +152,6 @@ async def test_create_with_a_bad_field(
         ({"leaseSeconds": -1}, "leaseSeconds"),
         ({"leaseSeconds": 0}, "leaseSeconds"),
         ({"leaseSeconds": "60"}, "leaseSeconds"),
-        ({"waitSeconds": 31}, "waitSeconds"),
-        ({"waitSeconds": -1}, "waitSeconds"),
         ({"waitSeconds": True}, "waitSeconds"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
@@ -239,7 +237,7 @@ async def test_body_under_the_limit_is_accepted(start_daemon: Any, http: Any) ->
 async def test_unknown_create_field_is_named_in_a_warning(api: Api) -> None:
     """An unknown create field is ignored (202) but named in X-CodeQ-Warning."""
     status, task, headers = await api.call(
-        "POST", TASKS, "producer", {"command": "A", "delay_seconds": 60}
+        "POST", TASKS, "producer", {"command": "A", "payload": {}, "delay_seconds": 60}
     )
     assert status == 202, task
     assert "delay_seconds" in headers["X-CodeQ-Warning"]
@@ -260,7 +258,7 @@ async def test_unknown_claim_field_is_named_in_a_warning(api: Api) -> None:
 async def test_known_fields_carry_no_warning(api: Api) -> None:
     """A create with only known fields has no X-CodeQ-Warning header."""
     status, _, headers = await api.call(
-        "POST", TASKS, "producer", {"command": "A", "priority": 3, "delaySeconds": 0}
+        "POST", TASKS, "producer", {"command": "A", "payload": {}, "priority": 3, "delaySeconds": 0}
     )
     assert status == 202
     assert "X-CodeQ-Warning" not in headers

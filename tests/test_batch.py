@@ -36,11 +36,11 @@ async def test_batch_create_answers_each_item_in_order(api: Api, redis: Redis) -
     """Good items are created, bad ones get their own error and code, in order."""
     items: list[Any] = [
         {"command": "BA", "payload": {"n": 1}, "priority": 7},
-        {"command": "bad command"},
+        {"command": "bad command", "payload": {}},
         "not an object",
-        {"command": "BA", "payload": [1]},
-        {"command": "BA", "webhook": "http://10.0.0.1/hook"},
-        {"command": "BA", "delaySeconds": 3600},
+        {"command": "BA"},
+        {"command": "BA", "payload": {}, "webhook": "http://10.0.0.1/hook"},
+        {"command": "BA", "payload": {}, "delaySeconds": 3600},
     ]
     results = await create_batch(api, items)
     assert results[0]["task"]["priority"] == 7 and results[0]["task"]["status"] == "PENDING"
@@ -59,12 +59,12 @@ async def test_batch_idempotency_is_per_item(api: Api) -> None:
     first = await create_batch(
         api,
         [
-            {"command": "BI", "idempotencyKey": "k-1"},
-            {"command": "BI", "idempotencyKey": "k-1"},
-            {"command": "BI", "idempotencyKey": "k-2"},
+            {"command": "BI", "payload": {}, "idempotencyKey": "k-1"},
+            {"command": "BI", "payload": {}, "idempotencyKey": "k-1"},
+            {"command": "BI", "payload": {}, "idempotencyKey": "k-2"},
         ],
     )
-    again = await create_batch(api, [{"command": "BI", "idempotencyKey": "k-2"}])
+    again = await create_batch(api, [{"command": "BI", "payload": {}, "idempotencyKey": "k-2"}])
     ids = [r["task"]["id"] for r in first]
     assert ids[0] == ids[1] != ids[2]
     assert again[0]["task"]["id"] == ids[2]
@@ -74,7 +74,12 @@ async def test_batch_idempotency_is_per_item(api: Api) -> None:
 
 async def test_batch_bounds_and_shape(api: Api, redis: Redis) -> None:
     """A missing, empty or oversized batch is a 400 naming the field; nothing stored."""
-    for body in ({}, {"tasks": []}, {"tasks": {"command": "X"}}, {"tasks": [{}] * 1001}):
+    for body in (
+        {},
+        {"tasks": []},
+        {"tasks": {"command": "X", "payload": {}}},
+        {"tasks": [{}] * 1001},
+    ):
         status, answer, _ = await api.call("POST", BATCH, "producer", body)
         assert status == 400 and answer["field"] == "tasks", answer
     status, answer, _ = await api.call("POST", CLAIM_BATCH, "worker", {"count": 1001})
@@ -87,7 +92,10 @@ async def test_batch_bounds_and_shape(api: Api, redis: Redis) -> None:
 async def test_batch_unknown_fields_are_named(api: Api) -> None:
     """Unknown fields of the batch and of its items come back in X-CodeQ-Warning."""
     status, _, headers = await api.call(
-        "POST", BATCH, "producer", {"tasks": [{"command": "BW", "delay_seconds": 5}], "extra": 1}
+        "POST",
+        BATCH,
+        "producer",
+        {"tasks": [{"command": "BW", "payload": {}, "delay_seconds": 5}], "extra": 1},
     )
     assert status == 200
     assert headers["X-CodeQ-Warning"] == (
@@ -97,7 +105,9 @@ async def test_batch_unknown_fields_are_named(api: Api) -> None:
 
 async def test_batch_auth(api: Api) -> None:
     """Batch endpoints authenticate like their single-task forms."""
-    assert (await api.call("POST", BATCH, None, {"tasks": [{"command": "X"}]}))[0] == 401
+    assert (await api.call("POST", BATCH, None, {"tasks": [{"command": "X", "payload": {}}]}))[
+        0
+    ] == 401
     assert (await api.call("POST", CLAIM_BATCH, "producer", {"count": 2}))[0] == 401
     status, body, _ = await api.call(
         "POST", CLAIM_BATCH, "worker_a_only", {"commands": ["B"], "count": 2}
@@ -107,7 +117,7 @@ async def test_batch_auth(api: Api) -> None:
 
 async def test_claim_batch_takes_count_in_priority_order(api: Api) -> None:
     """claim/batch leases up to `count` tasks, higher tier first, each with its own token."""
-    await create_batch(api, [{"command": "BC", "priority": p} for p in (1, 5, 1, 9)])
+    await create_batch(api, [{"command": "BC", "payload": {}, "priority": p} for p in (1, 5, 1, 9)])
     tasks = await claim_batch(api, 3, commands=["BC"], leaseSeconds=60)
     assert [t["priority"] for t in tasks] == [9, 5, 1]
     assert all(t["status"] == "IN_PROGRESS" and t["workerId"] == "worker-1" for t in tasks)
@@ -121,7 +131,7 @@ async def test_claim_batch_long_polls(api: Api, daemon: RunningDaemon) -> None:
     waiting = asyncio.create_task(claim_batch(api, 50, commands=["BL"], waitSeconds=10))
     scheduler = daemon.daemon.service.scheduler  # type: ignore[union-attr]
     await wait_for(lambda: scheduler.waiting() == 1, message="the claim waiting")
-    await create_batch(api, [{"command": "BL"}] * 3)
+    await create_batch(api, [{"command": "BL", "payload": {}}] * 3)
     tasks = await asyncio.wait_for(waiting, 5)
     assert 1 <= len(tasks) <= 3
 
@@ -152,7 +162,7 @@ async def test_claim_batch_never_hands_a_task_out_twice(
 async def test_batch_results_are_recorded_per_item(api: Api, redis: Redis) -> None:
     """Each result is its own: accepted ones complete, a stale token, a finished task,
     another tenant's id and a bad item are refused without affecting the others."""
-    await create_batch(api, [{"command": "BR"}] * 3)
+    await create_batch(api, [{"command": "BR", "payload": {}}] * 3)
     a, b, c = await claim_batch(api, 3, commands=["BR"])
     other = await api.create("BR", who="producer_globex")
     items = [
@@ -188,9 +198,11 @@ async def test_batch_create_is_rate_limited_per_item(
     """A batch spends one create token per item (capped at the burst)."""
     daemon = await start_daemon(rate_limit_create_per_second=0.01, rate_limit_create_burst=10)
     api = Api(http, daemon.url)
-    await create_batch(api, [{"command": "RL"}] * 6)
+    await create_batch(api, [{"command": "RL", "payload": {}}] * 6)
     status, body, headers = await api.call(
-        "POST", BATCH, "producer", {"tasks": [{"command": "RL"}] * 6}
+        "POST", BATCH, "producer", {"tasks": [{"command": "RL", "payload": {}}] * 6}
     )
     assert status == 429 and int(headers["Retry-After"]) >= 1, body
-    assert (await api.call("POST", BATCH, "producer", {"tasks": [{"command": "RL"}] * 4}))[0] == 200
+    assert (
+        await api.call("POST", BATCH, "producer", {"tasks": [{"command": "RL", "payload": {}}] * 4})
+    )[0] == 200

@@ -299,7 +299,7 @@ async def test_dead_lettered_task_gets_a_failed_callback(
         status, body, _ = await api.call(
             "POST", f"{TASKS}/{task['id']}/nack", "worker", {"reason": "boom"}
         )
-        assert status == 200 and body["status"] == "dead_lettered", body
+        assert status == 200 and body["status"] == "dlq", body
     else:
         await api.claim(commands=["A"], leaseSeconds=1)
     [got] = await wait_for(receiver.delivered, 8, message="the dead-letter callback")
@@ -672,7 +672,9 @@ async def test_default_guard_refuses_private_webhooks_at_create(
 ) -> None:
     """With no allowed hosts, a private, loopback, link-local or non-http webhook is a 400."""
     url = webhook.format(port=free_port())
-    status, body, _ = await api.call("POST", TASKS, "producer", {"command": "A", "webhook": url})
+    status, body, _ = await api.call(
+        "POST", TASKS, "producer", {"command": "A", "payload": {}, "webhook": url}
+    )
     assert status == 400, body
     assert body["error"].startswith(error), body
     assert body["field"] == "webhook"
@@ -687,7 +689,10 @@ async def test_allowed_loopback_is_accepted_and_delivered(
     daemon = await start_daemon(**FAST)
     api = Api(http, daemon.url)
     status, body, _ = await api.call(
-        "POST", TASKS, "producer", {"command": "A", "webhook": "http://10.1.2.3/hook"}
+        "POST",
+        TASKS,
+        "producer",
+        {"command": "A", "payload": {}, "webhook": "http://10.1.2.3/hook"},
     )
     assert status == 400 and body["field"] == "webhook", body
     created = await api.create("A", webhook=receiver.url())

@@ -109,7 +109,7 @@ async def dead_letter(api: Api, command: str, reason: str) -> str:
     status, body, _ = await api.call(
         "POST", f"/v1/codeq/tasks/{task['id']}/nack", "worker", {"reason": reason}
     )
-    assert status == 200 and body["status"] == "dead_lettered", body
+    assert status == 200 and body["status"] == "dlq", body
     return str(task["id"])
 
 
@@ -167,7 +167,7 @@ async def test_bulk_create_from_jsonl(codeq: Cli, api: Api, tmp_path: Path) -> N
     """task create --file makes one task per line, reports a refused line and exits 1."""
     lines = [json.dumps({"payload": {"n": i}, "priority": i % 10}) for i in range(60)]
     lines.insert(10, "")  # blank lines are skipped
-    lines.append(json.dumps({"command": "bad command!"}))
+    lines.append(json.dumps({"command": "bad command!", "payload": {}}))
     path = tmp_path / "tasks.jsonl"
     path.write_text("\n".join(lines) + "\n")
     done = await codeq("task", "create", "BULK", "--file", str(path), "--json")

@@ -137,7 +137,7 @@ async def call(
 
 
 async def create(http: aiohttp.ClientSession, daemon: RunningDaemon, token: str) -> tuple[int, Any]:
-    return await call(http, daemon, "/v1/codeq/tasks", token, {"command": "A"})
+    return await call(http, daemon, "/v1/codeq/tasks", token, {"command": "A", "payload": {}})
 
 
 async def claim(http: aiohttp.ClientSession, daemon: RunningDaemon, token: str) -> tuple[int, Any]:

@@ -55,7 +55,11 @@ async def test_access_log_carries_the_request_context(
     claimed = await api.claim(commands=["LOGGED"])
     assert claimed["id"] == task["id"]
     status, _, _ = await api.call(
-        "POST", "/v1/codeq/tasks", None, {"command": "X"}, {"Authorization": f"Bearer {BAD_TOKEN}"}
+        "POST",
+        "/v1/codeq/tasks",
+        None,
+        {"command": "X", "payload": {}},
+        {"Authorization": f"Bearer {BAD_TOKEN}"},
     )
     assert status == 401
     async with http.get(

@@ -54,7 +54,7 @@ async def test_counters_and_gauges_follow_a_workload(
     expiring = await api.claim(commands=["MA"], leaseSeconds=1)
     doomed = await api.claim(commands=["MA"])  # the maxAttempts=1 task: a nack dead-letters it
     nacked, body, _ = await api.call("POST", f"/v1/codeq/tasks/{doomed['id']}/nack", "worker", {})
-    assert nacked == 200 and body["status"] == "dead_lettered"
+    assert nacked == 200 and body["status"] == "dlq"
     await api.create("MA")  # one left ready
 
     async def expired() -> bool:

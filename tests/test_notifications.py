@@ -863,7 +863,7 @@ async def test_dlq_redrive_notifies(api: Api, receiver: Receiver) -> None:
     await wait_for(lambda: receiver.count("/a") == 1, message="the create's notification")
     await api.claim(commands=["A"])
     status, data, _ = await api.call("POST", f"/v1/codeq/tasks/{task['id']}/nack", "worker", {})
-    assert status == 200 and data["status"] == "dead_lettered", data
+    assert status == 200 and data["status"] == "dlq", data
 
     status, data, _ = await api.call(
         "POST", "/v1/codeq/admin/queues/A/dlq/redrive", "admin", {"all": True}

@@ -244,7 +244,7 @@ async def test_store_outage_answers_503_and_recovers(
         server.stop()
 
         calls = {
-            "create": ("POST", TASKS, "producer", {"command": "A"}),
+            "create": ("POST", TASKS, "producer", {"command": "A", "payload": {}}),
             "claim": ("POST", CLAIM, "worker", {"waitSeconds": 0}),
             "get": ("GET", f"{TASKS}/{before['id']}", "producer", None),
         }
@@ -263,7 +263,9 @@ async def test_store_outage_answers_503_and_recovers(
         server.start()  # same port and data: the daemon's address is unchanged
 
         async def create_works() -> Any:
-            status, task, _ = await api.call("POST", TASKS, "producer", {"command": "B"})
+            status, task, _ = await api.call(
+                "POST", TASKS, "producer", {"command": "B", "payload": {}}
+            )
             return task if status == 202 else None
 
         after = await wait_for(create_works, timeout=15, interval=0.1, message="create again")
@@ -285,7 +287,9 @@ async def test_killed_embedded_store_is_restarted_with_its_tasks(
     await daemon.ready(http)
     token = (state_dir / "dev-token").read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.post(daemon.url + TASKS, json={"command": "A"}, headers=headers) as resp:
+    async with http.post(
+        daemon.url + TASKS, json={"command": "A", "payload": {}}, headers=headers
+    ) as resp:
         assert resp.status == 202
         task_id = (await resp.json())["id"]
 
@@ -391,7 +395,9 @@ async def test_dev_mode_prints_a_private_token_and_binds_loopback(
     assert listening_hosts(daemon.port) == {LOOPBACK_HEX}
 
     headers = {"Authorization": f"Bearer {token}"}
-    async with http.post(daemon.url + TASKS, json={"command": "A"}, headers=headers) as resp:
+    async with http.post(
+        daemon.url + TASKS, json={"command": "A", "payload": {}}, headers=headers
+    ) as resp:
         assert resp.status == 202
         created = await resp.json()
     async with http.post(daemon.url + CLAIM, json={}, headers=headers) as resp:

@@ -45,7 +45,7 @@ async def limited_api(start_daemon: StartDaemon, http: aiohttp.ClientSession, **
 
 
 async def create(api: Api, who: str = "producer") -> tuple[int, Any, Any]:
-    return await api.call("POST", TASKS, who, {"command": "A"})
+    return await api.call("POST", TASKS, who, {"command": "A", "payload": {}})
 
 
 def hits(scope: str, operation: str) -> float:
@@ -157,7 +157,9 @@ async def test_unauthenticated_requests_get_401_and_no_bucket(
     )
     for headers in ({"Authorization": "Bearer not-a-valid-token-at-all"}, {}):
         for _ in range(3):
-            status, _, _ = await api.call("POST", TASKS, None, {"command": "A"}, headers)
+            status, _, _ = await api.call(
+                "POST", TASKS, None, {"command": "A", "payload": {}}, headers
+            )
             assert status == 401
     assert await count_keys(redis, keys.RATE_LIMIT_PREFIX + "*") == 0
 

@@ -226,7 +226,9 @@ async def test_store_killed_under_load_loses_no_accepted_task(
 
     async def produce(n: int) -> None:
         while not stop.is_set():
-            status, body, _ = await api.call("POST", TASKS, "producer", {"command": "LOAD"})
+            status, body, _ = await api.call(
+                "POST", TASKS, "producer", {"command": "LOAD", "payload": {}}
+            )
             statuses[status] += 1
             if status == 202:
                 accepted.append(body["id"])
@@ -282,7 +284,7 @@ async def test_frozen_store_answers_503_within_a_second_and_recovers(
     own_store.freeze()
     try:
         for method, path, who, body in (
-            ("POST", TASKS, "producer", {"command": "FROZEN"}),
+            ("POST", TASKS, "producer", {"command": "FROZEN", "payload": {}}),
             ("POST", f"{TASKS}/claim", "worker", {"commands": ["OTHER"], "waitSeconds": 0}),
             ("GET", f"{TASKS}/{task['id']}", "producer", None),
         ):

@@ -220,7 +220,7 @@ async def _dead_letter(api: Api, command: str, count: int) -> None:
         task = await api.claim("worker", commands=[command])
         path = f"{TASKS}/{task['id']}/nack"
         status, body, _ = await api.call("POST", path, "worker", {"leaseToken": task["leaseToken"]})
-        assert status == 200 and body["status"] == "dead_lettered", body
+        assert status == 200 and body["status"] == "dlq", body
 
 
 async def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(
@@ -310,7 +310,7 @@ class KeepAlive:
 
     async def create(self, token: str) -> int:
         """POST /tasks on this connection; the status (the server must keep it open)."""
-        body = b'{"command": "A"}'
+        body = b'{"command": "A", "payload": {}}'
         self.writer.write(
             f"POST {TASKS} HTTP/1.1\r\nHost: codeq\r\nAuthorization: Bearer {token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -374,7 +374,9 @@ async def test_bad_config_on_sighup_keeps_the_running_settings(
 
     await api.create("A")  # the old producer token still works
     headers = {"Authorization": f"Bearer {NEW_PRODUCER_TOKEN}"}
-    async with http.post(daemon.url + TASKS, json={"command": "A"}, headers=headers) as resp:
+    async with http.post(
+        daemon.url + TASKS, json={"command": "A", "payload": {}}, headers=headers
+    ) as resp:
         assert resp.status == 401
     assert debug_lines(daemon) == [] and daemon.events("reloaded") == []
     assert daemon.proc.poll() is None

@@ -178,7 +178,7 @@ async def test_minted_producer_token_creates(
     """A minted producer token creates a task in its tenant on a jwks daemon."""
     daemon = await jwks_daemon(start_daemon, keydir)
     token = mint(keydir, "--role", "producer", "--sub", "svc-a", "--tenant", "acme")
-    status, task = await post(http, daemon, "/tasks", token, {"command": "A"})
+    status, task = await post(http, daemon, "/tasks", token, {"command": "A", "payload": {}})
     assert status == 202, task
     assert task["tenantId"] == "acme"
 
@@ -192,7 +192,7 @@ async def test_minted_worker_token_claims(
     worker = mint(
         keydir, "--role", "worker", "--sub", "w-1", "--tenant", "acme", "--event-types", "A"
     )
-    _, created = await post(http, daemon, "/tasks", producer, {"command": "A"})
+    _, created = await post(http, daemon, "/tasks", producer, {"command": "A", "payload": {}})
     status, claimed = await post(http, daemon, "/tasks/claim", worker, {"commands": ["A"]})
     assert status == 200, claimed
     assert (claimed["id"], claimed["workerId"]) == (created["id"], "w-1")
@@ -220,10 +220,10 @@ async def test_rotate_keeps_old_tokens_valid(
     assert len(json.loads((keydir / "jwks.json").read_text())["keys"]) == 2
 
     async def accepted() -> bool:
-        return (await post(http, daemon, "/tasks", new, {"command": "A"}))[0] == 202
+        return (await post(http, daemon, "/tasks", new, {"command": "A", "payload": {}}))[0] == 202
 
     await wait_for(accepted, timeout=5, message="the rotated key to be accepted")
-    assert (await post(http, daemon, "/tasks", old, {"command": "A"}))[0] == 202
+    assert (await post(http, daemon, "/tasks", old, {"command": "A", "payload": {}}))[0] == 202
 
 
 def start_serve_jwks(keydir: Path, port: int) -> subprocess.Popen[bytes]:

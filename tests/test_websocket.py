@@ -133,7 +133,9 @@ def completed(task: dict[str, Any]) -> dict[str, Any]:
 async def create_tasks(api: Api, count: int, command: str = "A") -> list[str]:
     ids = []
     for start in range(0, count, 1000):
-        body = {"tasks": [{"command": command} for _ in range(min(1000, count - start))]}
+        body = {
+            "tasks": [{"command": command, "payload": {}} for _ in range(min(1000, count - start))]
+        }
         status, answer, _ = await api.call("POST", "/v1/codeq/tasks/batch", "producer", body)
         assert status == 200, answer
         ids += [item["task"]["id"] for item in answer["results"]]
@@ -335,9 +337,9 @@ async def test_producer_create_batch(ws_api: Api, open_stream: Opener) -> None:
     sock = await open_stream(PRODUCER_PATH, "producer")
     tasks = [
         {"command": "A", "payload": {"n": 1}},
-        {"command": "bad command!"},
+        {"command": "bad command!", "payload": {}},
         "not an object",
-        {"command": "A", "idempotencyKey": "k-1", "priority": 7},
+        {"command": "A", "payload": {}, "idempotencyKey": "k-1", "priority": 7},
     ]
     await sock.send({"type": "create", "id": "c-1", "tasks": tasks})
     answer = await sock.recv_type("created")
@@ -348,7 +350,11 @@ async def test_producer_create_batch(ws_api: Api, open_stream: Opener) -> None:
     assert (not_object["code"], not_object["index"]) == (400, 2)
     assert keyed["task"]["priority"] == 7
     await sock.send(
-        {"type": "create", "id": 2, "tasks": [{"command": "A", "idempotencyKey": "k-1"}]}
+        {
+            "type": "create",
+            "id": 2,
+            "tasks": [{"command": "A", "payload": {}, "idempotencyKey": "k-1"}],
+        }
     )
     replay = await sock.recv_type("created")
     assert replay["id"] == 2 and replay["results"][0]["task"]["id"] == keyed["task"]["id"]
@@ -361,7 +367,11 @@ async def test_producer_create_batch(ws_api: Api, open_stream: Opener) -> None:
         "tasks",
     )
     await sock.send(
-        {"type": "create", "id": "c-4", "tasks": [{"command": "A", "delay_seconds": 1}]}
+        {
+            "type": "create",
+            "id": "c-4",
+            "tasks": [{"command": "A", "payload": {}, "delay_seconds": 1}],
+        }
     )
     warned = await sock.recv_type("created")
     assert "tasks[0].delay_seconds" in warned["warning"]
@@ -514,7 +524,7 @@ async def test_client_round_trip(client_transports: tuple[Any, Any]) -> None:
     producer = Producer(producer_transport)
     one = await producer.create("A", {"n": 0}, priority=3)
     many = await producer.create_many([{"command": "A", "payload": {"n": i}} for i in range(1, 25)])
-    bad = await producer.create_many([{"command": "bad command!"}])
+    bad = await producer.create_many([{"command": "bad command!", "payload": {}}])
     assert isinstance(bad[0], CodeqError) and bad[0].status == 400
     with pytest.raises(CodeqError) as refused:
         await producer.create("no spaces allowed")

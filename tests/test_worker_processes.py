@@ -152,7 +152,7 @@ async def test_workers_share_the_port_and_one_embedded_store(
     headers = {"Authorization": f"Bearer {token}"}
     for _ in range(4):  # new connections: spread over both workers, one dev token for all
         async with aiohttp.ClientSession(headers=headers) as fresh:
-            async with fresh.post(parent.url + TASKS, json={"command": "A"}) as resp:
+            async with fresh.post(parent.url + TASKS, json={"command": "A", "payload": {}}) as resp:
                 assert resp.status == 202
                 created = await resp.json()
             async with fresh.post(parent.url + TASKS + "/claim", json={}) as resp:
@@ -232,7 +232,9 @@ async def test_a_killed_worker_is_replaced(
     assert listeners_on(parent.port, {survivor, new}) == {survivor, new}
     assert await serving_pids(parent.port, {survivor, new}) == {survivor, new}
     headers = {"Authorization": f"Bearer {TOKENS['producer'][0]}"}
-    async with http.post(parent.url + TASKS, json={"command": "A"}, headers=headers) as resp:
+    async with http.post(
+        parent.url + TASKS, json={"command": "A", "payload": {}}, headers=headers
+    ) as resp:
         assert resp.status == 202
 
 
@@ -254,7 +256,7 @@ async def test_metrics_count_the_whole_set_of_workers(
         for _ in range(count):  # a connection each: the kernel spreads them over workers
             async with (
                 aiohttp.ClientSession(headers=headers) as fresh,
-                fresh.post(parent.url + TASKS, json={"command": "MW"}) as resp,
+                fresh.post(parent.url + TASKS, json={"command": "MW", "payload": {}}) as resp,
             ):
                 assert resp.status == 202
 

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from codeq import metrics, openapi, wire
 from codeq.domain import (
+    TERMINAL,
     CodeqError,
     LeaseProof,
     NewTask,
@@ -198,7 +199,9 @@ def _with_trace(new: NewTask, request: web.Request) -> NewTask:
 async def claim_task(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.worker)
-    req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS))
+    warnings: list[str] = []
+    req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS), warnings)
+    _add_warnings(request, warnings)
     task = await ctx.service.claim(who, req)
     if task is not None:
         _bind_task(task)
@@ -279,11 +282,19 @@ def _media_type(content_type: str) -> str:
 async def get_result(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.anyone)
-    wait = wire.parse_result_wait(request.query)
+    warnings: list[str] = []
+    wait = wire.parse_result_wait(request.query, warnings)
+    _add_warnings(request, warnings)
     task, result = await ctx.service.get_result(who, request.match_info["id"], wait)
-    return json_response(
-        {"task": wire.task_to_wire(task), "result": wire.result_to_wire(result) if result else None}
-    )
+    if result is None and task.status not in TERMINAL:
+        # codeQ's answer, which its SDKs poll on; the task is an extra, for our clients
+        body = {"error": "result not found", "task": wire.task_to_wire(task)}
+        return _respond(request, body, 404)
+    body = {
+        "task": wire.task_to_wire(task),
+        "result": wire.result_to_wire(result) if result else None,
+    }
+    return _respond(request, body)
 
 
 async def get_history(request: web.Request) -> web.Response:
@@ -367,6 +378,12 @@ async def results_batch(request: web.Request) -> web.Response:
 
 def _error_item(exc: CodeqError) -> dict[str, Any]:
     return wire.error_item(exc, _STATUS[type(exc)])
+
+
+def _add_warnings(request: web.Request, warnings: list[str]) -> None:
+    """Adds notes (a clamped value, …) to the request's X-CodeQ-Warning header."""
+    for warning in warnings:
+        request[WARNING] = f"{request[WARNING]}; {warning}" if request.get(WARNING) else warning
 
 
 def _warn_items(

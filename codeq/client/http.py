@@ -194,7 +194,12 @@ class Client:
             left = deadline - time.monotonic()
             wait = min(max(left, 0.0), MAX_SERVER_WAIT_SECONDS)
             query = {"waitSeconds": f"{wait:.3f}"} if wait > 0 else None
-            answer: JsonObject = await self._json("GET", path, query=query, extra_seconds=wait)
+            try:
+                answer: JsonObject = await self._json("GET", path, query=query, extra_seconds=wait)
+            except CodeqError as exc:  # 404 "result not found": not ended yet (codeQ's way)
+                if exc.status != 404 or not isinstance(exc.body, dict) or "task" not in exc.body:
+                    raise
+                answer = {"task": exc.body["task"], "result": None}
             if answer["task"].get("status") in TERMINAL_STATUSES or left <= wait:
                 return answer
 

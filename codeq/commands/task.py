@@ -149,7 +149,7 @@ async def _create(client: Client, args: argparse.Namespace) -> int:
         return await _create_many(producer, defaults, _read_lines(args.file), args)
     if "command" not in defaults:
         raise UsageError("task create needs a COMMAND (or --file)")
-    task = await client.create_from(defaults)
+    task = await client.create_from({"payload": {}, **defaults})  # payload: required
     if args.json:
         emit_json(task)
     else:
@@ -176,7 +176,7 @@ async def _create_many(
     lines: list[tuple[int, dict[str, Any]]],
     args: argparse.Namespace,
 ) -> int:
-    bodies = [{**defaults, **body} for _, body in lines]
+    bodies = [{"payload": {}, **defaults, **body} for _, body in lines]
     for (number, _), body in zip(lines, bodies, strict=True):
         if not body.get("command"):
             raise UsageError(f"{args.file}:{number}: no command (give COMMAND or a command field)")
