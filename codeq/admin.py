@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from codeq.actors.scheduler import EVERY
 from codeq.domain import (
     COMMAND_RE,
     TASK_ID_RE,
@@ -95,7 +96,7 @@ class Admin:
         require_admin(who)
         tag = keys.tenant_tag(who.tenant)
         if await self.store.resume(tag, check_command(command)):
-            self.scheduler.became_ready(tag, command)
+            self.scheduler.became_ready(tag, command, EVERY)
 
     async def purge(self, who: Principal, command: str) -> int:
         """Deletes every ready and delayed task of the command, one bounded batch per
@@ -227,7 +228,7 @@ class _Redrive:
             now_ms=_now_ms(),
         )
         if moved and not self.req.dry_run:
-            self.admin.scheduler.became_ready(self.tag, self.command)
+            self.admin.scheduler.became_ready(self.tag, self.command, len(moved))
         self.moved += moved
         self.skipped += skipped
         return next_start

@@ -173,7 +173,7 @@ class Service:
 
     def _created(self, tag: str, rows: Sequence[tuple[NewTaskRow, bool]], now: int) -> None:
         """Counts new tasks and tells the scheduler or the delayed mover about them."""
-        ready: set[str] = set()
+        ready: Counter[str] = Counter()
         counts: Counter[str] = Counter()
         for row, created in rows:
             if not created:
@@ -182,11 +182,11 @@ class Service:
             if row.visible_at_ms > now:
                 self.mover.due_at(row.visible_at_ms)
             else:
-                ready.add(row.new.command)
+                ready[row.new.command] += 1
         for command, count in counts.items():
             metrics.TASK_CREATED.labels(command).inc(count)
-        for command in ready:
-            self.scheduler.became_ready(tag, command)
+        for command, count in ready.items():
+            self.scheduler.became_ready(tag, command, count)
 
     @staticmethod
     def _visible_at(new: NewTask, now: int) -> int:

@@ -17,6 +17,7 @@ from codeq.store import keys
 log = structlog.get_logger("codeq.scheduler")
 
 ALL = "*"  # a waiter for every command of its tenant
+EVERY = 1 << 30  # became_ready's count when it is not known: wake every waiter
 
 
 class Waiter:
@@ -60,9 +61,10 @@ class WaiterHandle:
         return await self._waiter.wait(deadline)
 
     def pass_on(self) -> None:
-        """After a successful claim more work may be ready: wake the next waiter."""
+        """After a successful claim more work may be ready: wake the next waiter
+        (never this one, which is still registered and about to return)."""
         for key in self._waiter.keys:
-            self._scheduler.wake_one(key)
+            self._scheduler.wake(key, 1, skip=self._waiter)
 
 
 class Scheduler(Actor):
@@ -70,8 +72,10 @@ class Scheduler(Actor):
 
     Waiters queue per (tenant, command) in arrival order, so the oldest is woken
     first. Work made ready in this process arrives through a bounded inbox; work made
-    ready by another daemon arrives as a store pub/sub message. One wake-up per
-    event is enough: a waiter that claims something wakes the next (`pass_on`).
+    ready by another daemon arrives as a store pub/sub message. A local event says
+    how many tasks became ready and wakes that many waiters; another daemon's
+    announces only that a queue became non-empty, so a waiter that claims something
+    wakes the next (`pass_on`), which carries the wake-up along a burst.
     """
 
     name = "scheduler"
@@ -81,7 +85,7 @@ class Scheduler(Actor):
         self._redis = redis
         self._origin = origin
         self._waiters: dict[tuple[str, str], deque[Waiter]] = {}
-        self._inbox: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=inbox_size)
+        self._inbox: asyncio.Queue[tuple[str, str, int]] = asyncio.Queue(maxsize=inbox_size)
         self._overflowed = False
         # Told when one of this daemon's scripts made a queue non-empty (the notifier).
         self.on_queue_nonempty: Callable[[str, str], None] | None = None
@@ -91,11 +95,12 @@ class Scheduler(Actor):
 
     # ------------------------------------------------------------ inputs
 
-    def became_ready(self, tag: str, command: str) -> None:
-        """Work became ready in a queue. Never blocks: on a full inbox every waiter is
-        woken instead, which loses no wake-up."""
+    def became_ready(self, tag: str, command: str, count: int = 1) -> None:
+        """`count` tasks became ready in a queue (EVERY: an unknown number, e.g. a
+        resumed queue). Never blocks: on a full inbox every waiter is woken instead,
+        which loses no wake-up."""
         try:
-            self._inbox.put_nowait((tag, command))
+            self._inbox.put_nowait((tag, command, count))
         except asyncio.QueueFull:
             self._overflowed = True
 
@@ -122,16 +127,23 @@ class Scheduler(Actor):
 
     # ------------------------------------------------------------ waking
 
-    def wake_one(self, key: tuple[str, str]) -> None:
-        """Wakes the oldest waiter of a queue that is not already awake."""
+    def wake(self, key: tuple[str, str], count: int, skip: Waiter | None = None) -> int:
+        """Wakes up to `count` of a queue's waiters that are not already awake, oldest
+        first; returns how many it woke."""
+        woken = 0
         for waiter in self._waiters.get(key, ()):
-            if not waiter.woken:
+            if woken >= count:
+                break
+            if waiter is not skip and not waiter.woken:
                 waiter.wake()
-                return
+                woken += 1
+        return woken
 
-    def _ready(self, tag: str, command: str) -> None:
-        self.wake_one((tag, command))
-        self.wake_one((tag, ALL))
+    def _ready(self, tag: str, command: str, count: int) -> None:
+        """Wakes one waiter per ready task: those of the queue first, then those
+        waiting on every queue of the tenant for what is left."""
+        woken = self.wake((tag, command), count)
+        self.wake((tag, ALL), max(count - woken, 1))
 
     def wake_all(self) -> None:
         """Wakes every waiter (shutdown, missed messages)."""

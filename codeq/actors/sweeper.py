@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
+from collections import Counter
 
 from codeq.actors.base import Actor, pause_after_error
 from codeq.actors.scheduler import Scheduler
@@ -61,8 +62,8 @@ class TenantSweeper(Actor):
         full = False
         for tag in await self.store.tenants():
             commands, next_at = await self.sweep_tenant(tag, now)
-            for command in set(commands):
-                self.scheduler.became_ready(tag, command)
+            for command, count in Counter(commands).items():
+                self.scheduler.became_ready(tag, command, count)
             full = full or len(commands) >= self.batch
             if next_at is not None and next_at < self._planned:
                 self._planned = next_at
