@@ -171,7 +171,10 @@ def _text(body: Body, name: str, *, max_len: int = MAX_TEXT, required: bool = Fa
 def _url(body: Body, name: str) -> str | None:
     url = _text(body, name, max_len=2048)
     if url is not None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
+            raise Invalid(f"{name} is not a valid URL: {exc}", field=name) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Invalid(f"{name} must be an http or https URL", field=name)
     return url

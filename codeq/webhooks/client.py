@@ -80,7 +80,7 @@ class WebhookClient:
     ) -> Delivery:
         assert self._session is not None
         try:
-            self.guard.check(url)
+            target = self.guard.target(url)  # the host as checked, whatever its spelling
         except RefusedTarget as exc:
             return Delivery("refused", error=str(exc))
         all_headers = {
@@ -90,7 +90,7 @@ class WebhookClient:
         }
         try:
             async with self._session.post(
-                url,
+                target,
                 data=body,
                 headers=all_headers,
                 allow_redirects=False,
