@@ -583,9 +583,13 @@ class Config:
         (), StaticTokens(), "token -> claims for the static provider", env=False, flag=False
     )
     store_timeout_seconds: float = setting(
-        2.0, Number(0.1, 60), "socket timeout of one store operation"
+        0.75,
+        Number(0.1, 60),
+        "longest wait for one store operation, a free connection included (then 503)",
     )
-    store_max_connections: int = setting(64, Integer(1, 10_000), "store connections in the pool")
+    store_max_connections: int = setting(
+        64, Integer(1, 10_000), "store connections in the pool; more operations wait for one"
+    )
     # Per-token rate limits (SPEC §6), one bucket per bearer token and scope.
     rate_limit_create_per_second: float = setting(
         0.0, _RATE, "task creations per second per producer token; 0 = no limit"

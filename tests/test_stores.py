@@ -33,6 +33,7 @@ from conftest import (
 )
 from structlog.testing import capture_logs
 
+from codeq.config import Config
 from codeq.store.client import ServerInfo, StoreRejected, check_server, open_client
 
 TASKS = "/v1/codeq/tasks"
@@ -274,11 +275,13 @@ async def test_store_killed_under_load_loses_no_accepted_task(
 async def test_frozen_store_answers_503_within_a_second_and_recovers(
     own_store: StoreProcess, daemons_on: Callable[..., Any], http: aiohttp.ClientSession
 ) -> None:
-    """SIGSTOP of the store: creates, claims and reads answer 503 within 1 s (store
-    timeout 0.5 s), never hang; after SIGCONT the same daemon serves again, a parked
+    """SIGSTOP of the store: creates, claims and reads answer 503 within 1 s with the
+    default configuration, never hang; after SIGCONT the same daemon serves again, a parked
     long-poll claim included. (A call that timed out may still run once the store
     thaws: a timeout is never retried, and no task is lost.)"""
-    daemon = await daemons_on(own_store.url, store_timeout_seconds=0.5)
+    daemon = await daemons_on(own_store.url)
+    timeout = daemon.daemon.config.store_timeout_seconds
+    assert timeout == Config().store_timeout_seconds
     api = Api(http, daemon.url)
     task = await api.create("FROZEN")
     own_store.freeze()
@@ -292,7 +295,7 @@ async def test_frozen_store_answers_503_within_a_second_and_recovers(
             status, answer, _ = await api.call(method, path, who, body)
             elapsed = asyncio.get_running_loop().time() - started
             assert status == 503, (path, answer)
-            assert "did not answer within 0.5s" in answer["error"], answer
+            assert f"did not answer within {timeout:g}s" in answer["error"], answer
             assert elapsed < 1.0, f"{path} took {elapsed:.2f}s"
     finally:
         own_store.thaw()

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import FullJitterBackoff, NoBackoff
 
@@ -150,8 +150,15 @@ async def open_client(
     address, asked = split_protocol(url)
     server = await _negotiate(address, password, asked or 2, connect_timeout)
     check_server(server)
-    client = Redis.from_url(
+    # A blocking pool: past max_connections operations in flight, the next one
+    # waits for a connection to come back instead of failing at once ("Too many
+    # connections"). The wait has no bound of its own: it is inside the Store's
+    # storeTimeoutSeconds, like the operation. The ready channel's subscription
+    # holds one extra connection, so it never competes with requests.
+    pool = BlockingConnectionPool.from_url(
         address,
+        max_connections=max_connections + 1,
+        timeout=None,
         password=password,
         decode_responses=True,
         protocol=server.protocol,
@@ -160,7 +167,6 @@ async def open_client(
         # is 5 s). The ready channel's listen must not time out either.
         socket_timeout=None,
         socket_connect_timeout=connect_timeout,
-        max_connections=max_connections,
         health_check_interval=30,
         # One quick retry, on connection errors only: enough to replace a pooled
         # connection a restarted store closed, short enough that a store that is
@@ -171,6 +177,8 @@ async def open_client(
             supported_errors=(rx.ConnectionError,),
         ),
     )
+    client = Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
     return client, server
 
 
