@@ -24,6 +24,43 @@ TASK_ID_RE = re.compile(r"^[0-9a-f]{12}-[A-Za-z0-9_-]{10,40}$")
 OPAQUE_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
 MAX_RESULT_WAIT_SECONDS = 60
 
+# W3C Trace Context (https://www.w3.org/TR/trace-context/): what a task may carry
+# as traceParent/traceState, and so what codeq sends on in callback headers.
+# traceparent: version-traceid-parentid-flags, lowercase hex; version ff, an all-zero
+# trace or parent id are invalid; a version after 00 may append fields.
+TRACEPARENT_RE = re.compile(
+    r"^(?!ff)[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+    r"(?:-[\x21-\x7e]*)?$"
+)
+# tracestate: up to 32 comma-separated key=value members; a key is a simple key or
+# tenant@system, a value printable ASCII without ',' and '=' not ending in a space.
+_TRACESTATE_MEMBER = re.compile(
+    r"^(?:[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$"
+)
+MAX_TRACESTATE = 512
+MAX_TRACESTATE_MEMBERS = 32
+
+
+def trace_parent_problem(value: str) -> str | None:
+    """Why a traceparent is not W3C Trace Context, or None when it is."""
+    if not TRACEPARENT_RE.fullmatch(value) or (value.startswith("00") and len(value) != 55):
+        return "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>, lowercase)"
+    return None
+
+
+def trace_state_problem(value: str) -> str | None:
+    """Why a tracestate is not W3C Trace Context, or None when it is."""
+    if len(value) > MAX_TRACESTATE:
+        return f"must be at most {MAX_TRACESTATE} characters"
+    members = [m.strip(" \t") for m in value.split(",")]
+    members = [m for m in members if m]
+    if len(members) > MAX_TRACESTATE_MEMBERS:
+        return f"must have at most {MAX_TRACESTATE_MEMBERS} members"
+    if not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+        return "must be a W3C tracestate (comma-separated key=value, printable ASCII)"
+    return None
+
 
 class Status(StrEnum):
     """Where a task is in its lifecycle (codeQ's names, plus CANCELLED)."""
@@ -386,6 +423,8 @@ class Callback:
     claim: str = ""
     last_error: str | None = None
     abandoned_at_ms: int | None = None
+    # Why the stored record cannot be delivered (damaged fields); None when it can.
+    damaged: str | None = None
 
 
 def clamp_priority(priority: int) -> int:

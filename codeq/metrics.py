@@ -73,6 +73,12 @@ HTTP_LATENCY = Histogram(
 ACTOR_RESTARTS = Counter(
     "codeq_actor_restarts_total", "Actors restarted by the supervisor after a crash.", ["actor"]
 )
+ACTOR_ITEM_FAILURES = Counter(
+    "codeq_actor_item_failures_total",
+    "Steps of an actor that failed for one tenant, callback or subscription of their own"
+    " (the actor went on with the others).",
+    ["actor"],
+)
 STORE_LATENCY = Histogram(
     "codeq_store_latency_seconds",
     "Round-trip time of store operations (Lua scripts), by script.",

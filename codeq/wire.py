@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +21,7 @@ from codeq.domain import (
     MAX_DELAY_SECONDS,
     MAX_LEASE_SECONDS,
     MAX_RESULT_WAIT_SECONDS,
+    MAX_TRACESTATE,
     MAX_WAIT_SECONDS,
     TASK_ID_RE,
     Artifact,
@@ -55,6 +56,8 @@ from codeq.domain import (
     Unavailable,
     clamp_priority,
     rfc3339,
+    trace_parent_problem,
+    trace_state_problem,
 )
 
 Body = Mapping[str, Any]
@@ -168,6 +171,15 @@ def _text(body: Body, name: str, *, max_len: int = MAX_TEXT, required: bool = Fa
     return value
 
 
+def _trace(body: Body, name: str, problem: Callable[[str], str | None]) -> str | None:
+    """A W3C Trace Context field: it goes on in callback headers, so it is checked
+    here, not where it would break a delivery."""
+    value = _text(body, name, max_len=MAX_TRACESTATE)
+    if value is not None and (why := problem(value)):
+        raise Invalid(f"{name} {why}", field=name)
+    return value
+
+
 def _url(body: Body, name: str) -> str | None:
     url = _text(body, name, max_len=2048)
     if url is not None:
@@ -215,8 +227,8 @@ def parse_create(body: Body) -> NewTask:
         idempotency_key=_text(body, "idempotencyKey", max_len=256),
         run_at_ms=_time_ms(body, "runAt"),
         delay_seconds=delay,
-        trace_parent=_text(body, "traceParent", max_len=256),
-        trace_state=_text(body, "traceState", max_len=512),
+        trace_parent=_trace(body, "traceParent", trace_parent_problem),
+        trace_state=_trace(body, "traceState", trace_state_problem),
     )
 
 

@@ -24,6 +24,8 @@ from codeq.domain import (
     Task,
     TooManyRequests,
     rfc3339,
+    trace_parent_problem,
+    trace_state_problem,
 )
 from codeq.ratelimit import Scope
 from codeq.transport import TransportContext
@@ -188,12 +190,16 @@ async def create_task(request: web.Request) -> web.Response:
 
 
 def _with_trace(new: NewTask, request: web.Request) -> NewTask:
-    """The W3C trace context of the request, when the body carries none."""
-    return replace(
-        new,
-        trace_parent=request.headers.get("traceparent"),
-        trace_state=request.headers.get("tracestate"),
-    )
+    """The W3C trace context of the request, when the body carries none. Headers
+    that are not W3C Trace Context are ignored, as the spec tells a receiver to
+    (a tracestate goes only with a valid traceparent)."""
+    parent = request.headers.get("traceparent", "")
+    if trace_parent_problem(parent):
+        return new
+    state = request.headers.get("tracestate")
+    if state is not None and trace_state_problem(state):
+        state = None
+    return replace(new, trace_parent=parent, trace_state=state)
 
 
 async def claim_task(request: web.Request) -> web.StreamResponse:

@@ -158,3 +158,27 @@ async def pause_after_error(actor: Actor, error: Exception, delay: float) -> flo
     log.warning("actor iteration failed", actor=actor.name, error=str(error), retry_in=delay)
     await actor.sleep_until(time.time() * 1000 + delay * 1000)
     return min(delay * 2, 5.0)
+
+
+_TENANT_FAILURE_LOG_SECONDS = 60.0
+_tenant_failures_logged: dict[tuple[str, str], float] = {}
+
+
+def tenant_failed(actor: Actor, tag: str, error: Exception) -> None:
+    """One tenant's step failed for a reason of its own (not the store being down):
+    counted, logged at most once a minute per actor and tenant; the actor goes on
+    with the other tenants and tries this one again on its next pass."""
+    metrics.ACTOR_ITEM_FAILURES.labels(actor.name).inc()
+    now = time.monotonic()
+    key = (actor.name, tag)
+    if now - _tenant_failures_logged.get(key, -_TENANT_FAILURE_LOG_SECONDS) < (
+        _TENANT_FAILURE_LOG_SECONDS
+    ):
+        return
+    _tenant_failures_logged[key] = now
+    log.error(
+        "actor step failed for one tenant; going on with the others",
+        actor=actor.name,
+        tenant_tag=tag,
+        error=f"{type(error).__name__}: {error}",
+    )

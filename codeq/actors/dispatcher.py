@@ -11,8 +11,8 @@ import orjson
 import structlog
 
 from codeq import metrics
-from codeq.actors.base import Actor, pause_after_error
-from codeq.domain import Callback, Unavailable, rfc3339
+from codeq.actors.base import Actor, pause_after_error, tenant_failed
+from codeq.domain import Callback, Unavailable, rfc3339, trace_parent_problem
 from codeq.store.store import Store
 from codeq.webhooks.breaker import CircuitBreakers
 from codeq.webhooks.client import Delivery, WebhookClient
@@ -122,9 +122,15 @@ class CallbackDispatcher(Actor):
             if free <= 0:
                 self._starved = True
                 break
-            callbacks, next_due = await self.store.claim_callbacks(
-                tag, now_ms=now_ms(), limit=free, inflight_ms=self.inflight_ms, token=token
-            )
+            try:
+                callbacks, next_due = await self.store.claim_callbacks(
+                    tag, now_ms=now_ms(), limit=free, inflight_ms=self.inflight_ms, token=token
+                )
+            except Unavailable:
+                raise
+            except Exception as exc:  # this tenant's outbox, not the others'
+                tenant_failed(self, tag, exc)
+                continue
             for callback in callbacks:
                 self._busy += 1
                 deliveries.create_task(self._deliver(tag, callback))
@@ -135,29 +141,48 @@ class CallbackDispatcher(Actor):
         return planned
 
     async def _deliver(self, tag: str, callback: Callback) -> None:
+        """Delivers one callback. Whatever goes wrong with this one callback stays
+        with it: it is abandoned with the reason (GET /admin/callbacks shows it) and
+        the dispatcher goes on with the others."""
         try:
-            host = urlsplit(callback.url).hostname or ""
-            wait = self.breakers.admit(host)
-            if wait is not None:
-                await self._settle(
-                    tag, callback, "defer", at=now_ms() + int(wait * 1000), error="circuit open"
-                )
-                return
-            headers = {"X-CodeQ-Event": "result", "X-CodeQ-Callback": callback.id}
-            if callback.trace_parent:
-                headers["traceparent"] = callback.trace_parent
-            delivery = await self.client.post(
-                callback.url,
-                callback_body(callback),
-                kind="result",
-                timeout=self.timeout,
-                headers=headers,
+            await self._attempt(tag, callback)
+        except Exception as exc:  # a fault of this callback, never of the loop
+            log.error(
+                "result callback failed inside codeq; abandoned",
+                callback=callback.id,
+                task_id=callback.task_id,
+                error=f"{type(exc).__name__}: {exc}",
             )
-            await self._record(tag, host, callback, delivery)
+            self.abandoned += 1
+            metrics.CALLBACKS_ABANDONED.inc()
+            await self._settle(tag, callback, "abandon", error=f"not deliverable: {exc}")
         finally:
             self._busy -= 1
             if self._starved:
                 self.poke()
+
+    async def _attempt(self, tag: str, callback: Callback) -> None:
+        if callback.damaged:
+            raise ValueError(callback.damaged)
+        host = urlsplit(callback.url).hostname or ""
+        wait = self.breakers.admit(host)
+        if wait is not None:
+            await self._settle(
+                tag, callback, "defer", at=now_ms() + int(wait * 1000), error="circuit open"
+            )
+            return
+        headers = {"X-CodeQ-Event": "result", "X-CodeQ-Callback": callback.id}
+        # Checked at create; a value stored before that check is left out, not sent.
+        if callback.trace_parent and not trace_parent_problem(callback.trace_parent):
+            headers["traceparent"] = callback.trace_parent
+        delivery = await self.client.post(
+            callback.url,
+            callback_body(callback),
+            kind="result",
+            timeout=self.timeout,
+            headers=headers,
+        )
+        await self._record(tag, host, callback, delivery)
 
     async def _record(self, tag: str, host: str, callback: Callback, delivery: Delivery) -> None:
         if delivery.ok:
@@ -196,7 +221,8 @@ class CallbackDispatcher(Actor):
                     tag, callback, outcome, now_ms=now_ms(), next_at_ms=at, error=error[:500]
                 )
             )
-        except Unavailable as exc:
+        except Exception as exc:  # the store down, or a record it cannot settle
+            # The callback stays claimed; it is taken again after its in-flight time.
             log.warning("callback outcome not recorded", callback=callback.id, error=str(exc))
             return
         if outcome in ("retry", "defer"):

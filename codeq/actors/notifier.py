@@ -11,7 +11,7 @@ import orjson
 import structlog
 
 from codeq import metrics
-from codeq.actors.base import Actor
+from codeq.actors.base import Actor, tenant_failed
 from codeq.domain import Unavailable, rfc3339
 from codeq.store.store import Store
 from codeq.webhooks.client import WebhookClient
@@ -88,36 +88,50 @@ class Notifier(Actor):
                 except Unavailable as exc:
                     log.warning("notification skipped: store unavailable", error=str(exc))
                     continue
+                except Exception as exc:  # this tenant's subscriptions, not the others'
+                    tenant_failed(self, tag, exc)
+                    continue
                 for subscription_id, url in picks:
                     await self._slots.acquire()
                     posts.create_task(self._notify(subscription_id, url, command, depth))
 
     async def _notify(self, subscription_id: str, url: str, command: str, depth: int) -> None:
+        """Sends one notification; whatever goes wrong with it stays with it."""
         try:
-            body = orjson.dumps(
-                {
-                    "eventType": command,
-                    "available": True,
-                    "queueDepth": depth,
-                    "claimUrl": CLAIM_PATH,
-                    "sentAt": rfc3339(time.time_ns() // 1_000_000),
-                    "notificationId": f"ntf-{secrets.token_hex(8)}",
-                }
+            await self._post(subscription_id, url, command, depth)
+        except Exception as exc:  # a fault of this subscription, never of the loop
+            metrics.ACTOR_ITEM_FAILURES.labels(self.name).inc()
+            log.error(
+                "notification failed inside codeq",
+                subscription=subscription_id,
+                error=f"{type(exc).__name__}: {exc}",
             )
-            delivery = await self.client.post(
-                url,
-                body,
-                kind="queue_ready",
-                timeout=self.timeout,
-                headers={"X-CodeQ-Event": "queue_ready", "X-CodeQ-Subscription": subscription_id},
-            )
-            self.sent += 1
-            if not delivery.ok:
-                log.info(
-                    "notification not delivered",
-                    subscription=subscription_id,
-                    outcome=delivery.outcome,
-                    error=delivery.error,
-                )
         finally:
             self._slots.release()
+
+    async def _post(self, subscription_id: str, url: str, command: str, depth: int) -> None:
+        body = orjson.dumps(
+            {
+                "eventType": command,
+                "available": True,
+                "queueDepth": depth,
+                "claimUrl": CLAIM_PATH,
+                "sentAt": rfc3339(time.time_ns() // 1_000_000),
+                "notificationId": f"ntf-{secrets.token_hex(8)}",
+            }
+        )
+        delivery = await self.client.post(
+            url,
+            body,
+            kind="queue_ready",
+            timeout=self.timeout,
+            headers={"X-CodeQ-Event": "queue_ready", "X-CodeQ-Subscription": subscription_id},
+        )
+        self.sent += 1
+        if not delivery.ok:
+            log.info(
+                "notification not delivered",
+                subscription=subscription_id,
+                outcome=delivery.outcome,
+                error=delivery.error,
+            )

@@ -6,7 +6,7 @@ import time
 from abc import abstractmethod
 from collections import Counter
 
-from codeq.actors.base import Actor, pause_after_error
+from codeq.actors.base import Actor, pause_after_error, tenant_failed
 from codeq.actors.scheduler import Scheduler
 from codeq.domain import Unavailable
 from codeq.store.store import Store
@@ -61,7 +61,13 @@ class TenantSweeper(Actor):
         """Sweeps every tenant; True when a batch was full and more may be waiting."""
         full = False
         for tag in await self.store.tenants():
-            commands, next_at = await self.sweep_tenant(tag, now)
+            try:
+                commands, next_at = await self.sweep_tenant(tag, now)
+            except Unavailable:
+                raise
+            except Exception as exc:  # this tenant's fault: the others go on
+                tenant_failed(self, tag, exc)
+                continue
             for command, count in Counter(commands).items():
                 self.scheduler.became_ready(tag, command, count)
             full = full or len(commands) >= self.batch

@@ -839,6 +839,35 @@ def subscription_from_fields(fields: dict[str, str]) -> Subscription:
 
 
 def callback_from_fields(fields: dict[str, str]) -> Callback:
+    """The callback a stored record holds; a damaged record still gives one (with
+    `damaged` saying why), so that one bad record is abandoned rather than stopping
+    every read of its outbox."""
+    try:
+        return _callback(fields)
+    except (KeyError, ValueError, TypeError) as exc:
+        return Callback(
+            id=fields.get("id", ""),
+            task_id=fields.get("taskId", ""),
+            url=fields.get("url", ""),
+            command=fields.get("command", ""),
+            record={},
+            attempts=_int_or_none(fields.get("attempts")) or 0,
+            created_at_ms=_int_or_none(fields.get("createdAt")) or 0,
+            claim=fields.get("claim") or "",
+            last_error=fields.get("lastError") or None,
+            abandoned_at_ms=_int_or_none(fields.get("abandonedAt")),
+            damaged=f"damaged callback record: {type(exc).__name__}: {exc}",
+        )
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def _callback(fields: dict[str, str]) -> Callback:
     return Callback(
         id=fields["id"],
         task_id=fields["taskId"],
