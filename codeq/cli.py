@@ -110,7 +110,7 @@ async def _serve_async(
     daemon = Daemon(config, reload_config=source)
     try:
         await daemon.start()
-    except (StoreRejected, Unavailable) as exc:
+    except (StoreRejected, Unavailable, OSError) as exc:  # OSError: the port is taken, …
         await daemon.stop()
         structlog.get_logger("codeq.daemon").error("cannot start", error=str(exc))
         return 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -22,6 +23,24 @@ def _json(event: Any, **_: Any) -> str:
     """structlog's JSON serializer: orjson, several times faster than the standard
     library's on the access-log hot path; what it cannot encode is shown as repr()."""
     return orjson.dumps(event, default=repr).decode()
+
+
+class ClientErrorFilter(logging.Filter):
+    """aiohttp's server logs a request it could not parse (a malformed request line,
+    bad header bytes, a client gone mid-request) at error level with a traceback:
+    one per hostile packet. Those are the client's errors: one warning line, no
+    traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiohttp") and record.exc_info:
+            error = record.exc_info[1]
+            if isinstance(error, HttpProcessingError | ConnectionError):
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.msg = "malformed or broken HTTP request: %s"
+                text = getattr(error, "message", "") or str(error) or type(error).__name__
+                record.args = (" ".join(str(text).split())[:200],)
+                record.exc_info = record.exc_text = None
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -49,6 +68,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     # Libraries log through the standard library: render their records the same way,
     # so a JSON log holds JSON lines only.
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ClientErrorFilter())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

@@ -120,8 +120,16 @@ def unknown_fields(body: Body, known: frozenset[str]) -> list[str]:
     return sorted(k for k in body if k not in known)
 
 
+# How deeply a request body may nest. orjson writes at most 254 levels, and what a
+# client sends comes back inside answers a few levels deeper (a result inside a batch
+# answer), so deeper bodies are refused where they come in, not where they go out.
+MAX_JSON_DEPTH = 128
+_ORJSON_MAX_DEPTH = 254
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body: empty means {}, anything but a JSON object is rejected."""
+    """A request body: empty means {}, anything but a JSON object (or one nested
+    deeper than MAX_JSON_DEPTH) is rejected."""
     if not raw.strip():
         return {}
     try:
@@ -130,7 +138,23 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise Invalid(f"malformed JSON body: {exc}") from exc
     if not isinstance(body, dict):
         raise Invalid("request body must be a JSON object")
+    check_depth(body, raw)
     return body
+
+
+def check_depth(value: Any, raw: bytes) -> None:
+    """Raises Invalid when `value` (parsed from `raw`) nests deeper than
+    MAX_JSON_DEPTH. Few brackets cannot nest deep (a C-speed count); otherwise
+    orjson, asked to write it inside the levels that leave it MAX_JSON_DEPTH, says
+    whether it fits."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    for _ in range(_ORJSON_MAX_DEPTH - MAX_JSON_DEPTH):
+        value = [value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise Invalid(f"JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
 
 
 # ------------------------------------------------------------ field readers

@@ -5,18 +5,20 @@ Every case runs against the real stores."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from conftest import Api, RunningDaemon, wait_for
+from conftest import TOKENS, Api, RunningDaemon, ServeProcess, wait_for
 from redis.asyncio import Redis
 from test_callbacks import ACME, ADMIN_CALLBACKS, FAST, Receiver, complete, receivers
+from test_logs import daemon_process
 
 from codeq.store import keys
 
-__all__ = ["receivers"]  # the receivers fixture, shared with the callback tests
+__all__ = ["daemon_process", "receivers"]  # fixtures shared with those tests
 
 TASKS = "/v1/codeq/tasks"
 CLIENTS = 300  # concurrent requests, far past the pool below
@@ -137,3 +139,148 @@ async def test_poison_callbacks_are_abandoned_and_the_dispatcher_goes_on(
     assert daemon.daemon.supervisor is not None
     assert set(daemon.daemon.supervisor.restarts.values()) == {0}
     assert daemon.daemon.supervisor.healthy()
+
+
+# ------------------------------------------------------------ hostile bytes
+
+
+async def raw_request(
+    base: str, head: bytes, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """Sends bytes an HTTP client library would refuse to send; (status, headers,
+    body) of the answer. Fails if the connection closes without one."""
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        length = b"Content-Length: %d\r\n" % len(body)
+        writer.write(head + length + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert answer, "the connection was closed without an answer"
+    head_bytes, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("ascii").split("\r\n")  # a header of raw bytes fails here
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, rest
+
+
+def head(method: str, path: str, who: str | None = "producer", extra: bytes = b"") -> bytes:
+    auth = f"Authorization: Bearer {TOKENS[who][0]}\r\n".encode() if who else b""
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode() + auth + extra
+
+
+async def test_control_characters_in_names_get_an_escaped_warning(
+    daemon: RunningDaemon, redis: Redis
+) -> None:
+    """A control character in an unknown body-field or query-parameter name used to
+    drop the connection after the work was done: now the answer comes, naming the
+    field escaped."""
+    body = b'{"command":"CC","payload":{},"x\\r\\nSet-Cookie: a\\u0000":1}'
+    status, headers, _ = await raw_request(daemon.url, head("POST", TASKS), body)
+    assert status == 202
+    assert headers["X-CodeQ-Warning"] == "unknown fields ignored: x\\r\\nSet-Cookie: a\\x00"
+    assert "Set-Cookie" not in headers
+    claim = b'{"commands":["CC"],"x\\r\\ny":1}'
+    status, headers, _ = await raw_request(
+        daemon.url, head("POST", f"{TASKS}/claim", "worker"), claim
+    )
+    assert status == 200 and headers["X-CodeQ-Warning"] == "unknown fields ignored: x\\r\\ny"
+    path = "/v1/codeq/admin/queues/CC/dlq?q%0D%0AX-Evil:%201=1"
+    status, headers, _ = await raw_request(daemon.url, head("GET", path, "admin"))
+    assert status == 200 and "X-Evil" not in headers
+    assert headers["X-CodeQ-Warning"] == "unknown query parameters ignored: q\\r\\nX-Evil: 1"
+
+
+async def test_header_bytes_that_are_not_utf8_are_400_and_change_nothing(
+    daemon: RunningDaemon, redis: Redis
+) -> None:
+    """Header bytes that are not UTF-8 used to be a 500 (for X-Request-Id after the
+    task was stored): a 400 naming the header, before anything is done."""
+    before = await redis.dbsize()
+    body = b'{"command":"HB","payload":{}}'
+    for name in (b"X-Request-Id", b"traceparent", b"tracestate", b"X-Lease-Token"):
+        status, _, answer = await raw_request(
+            daemon.url, head("POST", TASKS, extra=name + b": \xff\xfe\r\n"), body
+        )
+        assert status == 400 and name.decode().lower() in answer.decode().lower(), answer
+    status, _, answer = await raw_request(
+        daemon.url, head("POST", TASKS, None, b"Authorization: Bearer \xff\r\n"), body
+    )
+    assert status == 400 and b"Authorization" in answer, answer
+    assert await redis.dbsize() == before
+    # An X-Request-Id that is UTF-8 but not a plain token is replaced, not echoed.
+    status, headers, _ = await raw_request(
+        daemon.url, head("GET", "/healthz", None, "X-Request-Id: caf\u00e9 1\r\n".encode())
+    )
+    assert status == 200 and len(headers["X-Request-Id"]) == 32
+
+
+async def test_json_nested_too_deep_is_400_and_changes_nothing(api: Api, redis: Redis) -> None:
+    """JSON nested 129-600 levels used to be a 500 (orjson writes at most 254):
+    a 400 on create, batch create and result; 128 levels are fine."""
+
+    def nested(depth: int) -> Any:
+        value: Any = {}
+        for _ in range(depth - 1):
+            value = {"n": value}
+        return value
+
+    before = await redis.dbsize()
+    for depth in (129, 255, 600):
+        status, body, _ = await api.call(
+            "POST", TASKS, "producer", {"command": "DJ", "payload": nested(depth)}
+        )
+        assert status == 400 and "deeper than 128" in body["error"], body
+        batch = {"tasks": [{"command": "DJ", "payload": nested(depth)}]}
+        status, body, _ = await api.call("POST", f"{TASKS}/batch", "producer", batch)
+        assert status == 400 and "deeper than 128" in body["error"], body
+    assert await redis.dbsize() == before
+    task = await api.create("DJ", payload=nested(126))
+    claimed = await api.claim(commands=["DJ"])
+    assert claimed["id"] == task["id"]
+    status, body = await api.result(task["id"], result=nested(300))
+    assert status == 400 and "deeper than 128" in body["error"], body
+    status, body = await api.result(task["id"], result=nested(120))
+    assert status == 200, body
+    status, body, _ = await api.call("GET", f"{TASKS}/{task['id']}/result", "producer")
+    assert status == 200, body
+
+
+async def test_a_405_names_the_allowed_methods(api: Api) -> None:
+    status, _, headers = await api.call("DELETE", TASKS, "producer")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, _, headers = await api.call("PUT", f"{TASKS}/abc", "producer")
+    assert status == 405 and set(headers["Allow"].split(",")) >= {"GET"}
+
+
+async def test_client_errors_log_one_warning_and_no_traceback(
+    daemon_process: ServeProcess, http: aiohttp.ClientSession
+) -> None:
+    """Malformed requests from an unauthenticated client used to write an error-level
+    traceback each: the client's errors are one warning line (or just the access
+    line), never a traceback."""
+    await daemon_process.ready(http)
+    url = daemon_process.url
+    hostile = [
+        (b"GARBAGE\r\n", b""),
+        (b"GET /v1/codeq/tasks/\xff\xfe HTTP/1.1\r\nHost: x\r\n", b""),
+        (b"POST /v1/codeq/tasks HTTP/1.1\r\nHost: x\r\nX-Request-Id: \xff\r\n", b"{}"),
+        (head("POST", TASKS, None), b"{not json"),
+        (head("POST", TASKS, None, b"Authorization: Bearer nope\r\n"), b"[1,2"),
+    ]
+    for request_head, body in hostile:
+        status, _, _ = await raw_request(url, request_head, body)
+        assert status in (400, 401), request_head
+    await api_alive(http, url)
+    text = daemon_process.log_text()
+    assert "Traceback" not in text
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert not [r for r in records if r.get("level") in ("error", "critical")], text
+    warnings = [r for r in records if r.get("level") == "warning"]
+    assert 1 <= len(warnings) <= len(hostile), warnings
+
+
+async def api_alive(http: aiohttp.ClientSession, url: str) -> None:
+    async with http.get(url + "/healthz") as resp:
+        assert resp.status == 200

@@ -3,6 +3,7 @@ service and encodes; no business rule and no store call lives here."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from codeq import metrics, openapi, wire
 from codeq.domain import (
     TERMINAL,
     CodeqError,
+    Invalid,
     LeaseProof,
     NewTask,
     NotFound,
@@ -82,11 +84,14 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
     without a traceback), and writes one access-log line per request, with the
     tenant, command and task id where known, and the request metrics."""
     started = time.perf_counter()
-    request_id = request.headers.get("X-Request-Id") or secrets.token_hex(16)
+    request_id = request.headers.get("X-Request-Id") or ""
+    if not REQUEST_ID_RE.fullmatch(request_id):
+        request_id = secrets.token_hex(16)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     if "id" in request.match_info:
         structlog.contextvars.bind_contextvars(task_id=request.match_info["id"])
     try:
+        _check_headers(request)
         response = await handler(request)
     except CodeqError as exc:
         response = json_response({"error": exc.message, **exc.extra}, _STATUS[type(exc)])
@@ -97,7 +102,10 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
         response = json_response({"error": f"request body exceeds {limit} bytes"}, 413)
     except web.HTTPException as exc:
         if exc.status >= 400:
-            response = json_response({"error": exc.reason}, exc.status)
+            allow = exc.headers.get("Allow")  # a 405 names the methods the path has
+            response = json_response(
+                {"error": exc.reason}, exc.status, {"Allow": allow} if allow else None
+            )
         else:
             raise
     except Exception:
@@ -109,6 +117,23 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
     finally:
         structlog.contextvars.unbind_contextvars(*_LOG_CONTEXT)
     return response
+
+
+# An X-Request-Id is echoed only when it is a plain token; any other is replaced by
+# a generated one, so a response header never carries raw client bytes.
+REQUEST_ID_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _check_headers(request: web.Request) -> None:
+    """Raises Invalid (400) for a request header whose bytes are not UTF-8, before
+    anything is done: such a value cannot be stored, logged or compared safely.
+    (aiohttp hands the undecodable bytes on as surrogate escapes.)"""
+    for name, value in request.headers.items():
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise Invalid(f"header {ascii(name)[1:-1]} is not valid UTF-8") from None
 
 
 def _access(request: web.Request, status: int, seconds: float) -> None:
@@ -160,7 +185,7 @@ async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
     body = wire.parse_json_object(await request.read())
     unknown = wire.unknown_fields(body, known)
     if unknown:
-        request[WARNING] = "unknown fields ignored: " + ", ".join(unknown)
+        _warn(request, "unknown fields ignored: " + ", ".join(unknown))
     return body
 
 
@@ -386,10 +411,19 @@ def _error_item(exc: CodeqError) -> dict[str, Any]:
     return wire.error_item(exc, _STATUS[type(exc)])
 
 
+def _warn(request: web.Request, warning: str) -> None:
+    """Adds a note to the request's X-CodeQ-Warning header. Notes name what the
+    client sent (field names, …), so anything outside printable ASCII is escaped:
+    a response header never carries raw client bytes."""
+    if not (warning.isascii() and warning.isprintable()):
+        warning = ascii(warning)[1:-1]
+    request[WARNING] = f"{request[WARNING]}; {warning}" if request.get(WARNING) else warning
+
+
 def _add_warnings(request: web.Request, warnings: list[str]) -> None:
     """Adds notes (a clamped value, …) to the request's X-CodeQ-Warning header."""
     for warning in warnings:
-        request[WARNING] = f"{request[WARNING]}; {warning}" if request.get(WARNING) else warning
+        _warn(request, warning)
 
 
 def _warn_items(
@@ -398,8 +432,7 @@ def _warn_items(
     """Names unknown fields of batch items in the X-CodeQ-Warning header too."""
     unknown = wire.batch_unknown_fields(body, name, known)
     if unknown:
-        warning = "unknown fields ignored: " + ", ".join(unknown)
-        request[WARNING] = f"{request[WARNING]}; {warning}" if request.get(WARNING) else warning
+        _warn(request, "unknown fields ignored: " + ", ".join(unknown))
 
 
 # ------------------------------------------------------------ subscriptions
@@ -481,7 +514,7 @@ async def admin_dlq(request: web.Request) -> web.Response:
     who = await _caller(request, ctx.auth.anyone)
     unknown = wire.unknown_fields(request.query, wire.DLQ_QUERY_FIELDS)
     if unknown:
-        request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
+        _warn(request, "unknown query parameters ignored: " + ", ".join(unknown))
     query = wire.parse_dlq_query(request.query)
     page = await ctx.service.admin.dead_letters(who, request.match_info["command"], query)
     return _respond(request, wire.dlq_page_to_wire(page))
@@ -510,7 +543,7 @@ async def admin_callbacks(request: web.Request) -> web.Response:
     who = await _caller(request, ctx.auth.anyone)
     unknown = wire.unknown_fields(request.query, wire.CALLBACKS_QUERY_FIELDS)
     if unknown:
-        request[WARNING] = "unknown query parameters ignored: " + ", ".join(unknown)
+        _warn(request, "unknown query parameters ignored: " + ", ".join(unknown))
     limit = wire.parse_callbacks_limit(request.query)
     callbacks = await ctx.service.admin.abandoned_callbacks(who, limit)
     return _respond(request, {"abandoned": [wire.callback_to_wire(c) for c in callbacks]})

@@ -87,6 +87,7 @@ def _decode(data: str | bytes) -> dict[str, Any]:
         raise Invalid(f"malformed JSON frame: {exc}") from exc
     if not isinstance(frame, dict):
         raise Invalid("a frame must be a JSON object")
+    wire.check_depth(frame, data if isinstance(data, bytes) else data.encode())
     if not isinstance(frame.get("type"), str):
         raise Invalid("a frame needs a string type", field="type")
     return frame
