@@ -297,6 +297,9 @@ class Daemon:
             assert self.store is not None
             await asyncio.wait_for(self.store.ping(), timeout=1.0)
             report["store"] = "ok"
+            if self.store.full():  # PING is answered, writes are not
+                report["store"] = "out of memory"
+                report["status"] = "unavailable"
         except (Unavailable, TimeoutError):
             report["store"] = "unreachable"
             report["status"] = "unavailable"

@@ -8,10 +8,21 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import TOKENS, Api, RunningDaemon, ServeProcess, wait_for
+import pytest
+from conftest import (
+    TOKENS,
+    Api,
+    RunningDaemon,
+    ServeProcess,
+    start_store,
+    store_client,
+    wait_for,
+)
+from redis import exceptions as rx
 from redis.asyncio import Redis
 from test_callbacks import ACME, ADMIN_CALLBACKS, FAST, Receiver, complete, receivers
 from test_logs import daemon_process
@@ -284,3 +295,42 @@ async def test_client_errors_log_one_warning_and_no_traceback(
 async def api_alive(http: aiohttp.ClientSession, url: str) -> None:
     async with http.get(url + "/healthz") as resp:
         assert resp.status == 200
+
+
+# ------------------------------------------------------------ a full store
+
+
+async def test_a_full_store_is_503_out_of_memory_and_readyz_says_so(
+    tmp_path: Path, daemons_on: Callable[..., Awaitable[RunningDaemon]], http: aiohttp.ClientSession
+) -> None:
+    """Redis at maxmemory with noeviction refuses writes with OOM: creates answer 503
+    naming it (was: 500 "internal error"), /readyz says "out of memory",
+    and once there is room again the same daemon serves. (KVRocks has no maxmemory:
+    a Redis-only case.)"""
+    server = start_store("redis", tmp_path)
+    try:
+        daemon = await daemons_on(server.url)
+        api = Api(http, daemon.url)
+        await api.create("FULL")
+        direct = store_client(server.url)
+        used = int((await direct.info("memory"))["used_memory"])
+        await direct.config_set("maxmemory-policy", "noeviction")
+        await direct.config_set("maxmemory", str(used + 256 * 1024))
+        with pytest.raises(rx.OutOfMemoryError):
+            for i in range(10_000):
+                await direct.set(f"ballast:{i}", "x" * 1024)
+        for path, body in (
+            (TASKS, {"command": "FULL", "payload": {}}),
+            (f"{TASKS}/batch", {"tasks": [{"command": "FULL", "payload": {}}]}),
+        ):
+            status, answer, _ = await api.call("POST", path, "producer", body)
+            assert status == 503 and "out of memory" in answer["error"], (path, answer)
+        status, report, _ = await api.call("GET", "/readyz", None)
+        assert (status, report["store"]) == (503, "out of memory"), report
+        await direct.config_set("maxmemory", "0")
+        await direct.aclose()
+        await api.create("FULL")
+        claimed = await api.claim(commands=["FULL"])
+        assert claimed is not None
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
@@ -43,7 +44,12 @@ from codeq.domain import (
 from codeq.store import keys
 from codeq.store.scripts import Scripts
 
+log = structlog.get_logger("codeq.store")
+
 _UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, OSError)
+# How long a store's "out of memory" refusal keeps /readyz saying so, and how often
+# it is logged while it lasts.
+FULL_WINDOW_SECONDS = 10.0
 
 _TASK_FIELDS = {
     "id",
@@ -169,6 +175,27 @@ class Store:
         self._idempotency_ttl_ms = idempotency_ttl_ms
         self._scripts = Scripts(redis)
         self._known_tenants: set[str] = set()
+        self._full_at = -FULL_WINDOW_SECONDS  # monotonic time of the last OOM refusal
+        self._full_logged_at = -FULL_WINDOW_SECONDS
+
+    def full(self) -> bool:
+        """Whether the store refused a write for want of memory in the last seconds."""
+        return time.monotonic() - self._full_at < FULL_WINDOW_SECONDS
+
+    def _out_of_memory(self, exc: rx.ResponseError) -> Unavailable | None:
+        """A store at maxmemory (noeviction) refuses writes with OOM: that is the store
+        being unavailable (503, logged once per window), not a bug (500). None for
+        any other error reply."""
+        # redis-py turns the OOM reply into OutOfMemoryError; inside a script's error
+        # reply it stays text
+        if not (isinstance(exc, rx.OutOfMemoryError) or "used memory > 'maxmemory'" in str(exc)):
+            return None
+        now = time.monotonic()
+        self._full_at = now
+        if now - self._full_logged_at >= FULL_WINDOW_SECONDS:
+            self._full_logged_at = now
+            log.error("store is out of memory: writes are refused", error=str(exc))
+        return Unavailable("store is out of memory (maxmemory reached); nothing was written")
 
     @asynccontextmanager
     async def _reachable(self) -> AsyncIterator[None]:
@@ -186,6 +213,10 @@ class Store:
             raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
         except _UNAVAILABLE as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
+        except rx.ResponseError as exc:
+            if (full := self._out_of_memory(exc)) is not None:
+                raise full from exc
+            raise
 
     async def connect(self) -> None:
         """Checks the store answers and loads the scripts."""
@@ -210,6 +241,10 @@ class Store:
             raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
         except _UNAVAILABLE as exc:
             raise Unavailable(f"store unavailable: {exc}") from exc
+        except rx.ResponseError as exc:
+            if (full := self._out_of_memory(exc)) is not None:
+                raise full from exc
+            raise
         if self._timed:
             metrics.store_latency(name).observe(time.perf_counter() - started)
         return reply
