@@ -521,6 +521,22 @@ class Config:
     shutdown_grace_seconds: float = setting(
         10.0, Number(0, 600), "how long in-flight requests may finish at shutdown"
     )
+    # Slow and idle clients (SPEC §6 hardening): each bound closes the connection.
+    http_header_timeout_seconds: float = setting(
+        10.0, Number(0.1, 3600), "how long a new connection may take to send its first request"
+    )
+    http_idle_timeout_seconds: float = setting(
+        30.0, Number(0.1, 3600), "how long a keep-alive connection may sit idle between requests"
+    )
+    http_body_timeout_seconds: float = setting(
+        30.0, Number(0.1, 3600), "how long a request body may take to arrive (then 408)"
+    )
+    http_max_connections: int = setting(
+        0,
+        Integer(0, 1_000_000),
+        "open HTTP connections at most (more are closed at once, logged); "
+        "0 = the open-file limit less a reserve for the store and files",
+    )
     transports: tuple[str, ...] = setting(("http",), Names(), "transports to serve")
     websocket_port: int = setting(
         8081,

@@ -4,6 +4,7 @@ a signal, in the order SPEC §1 gives for start and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import resource
 import secrets
 import signal
 import time
@@ -138,6 +139,7 @@ class Daemon:
         config = self.config
         for note in config.notes:
             log.warning("config warning", detail=note)
+        raise_open_file_limit()
         redis = await self._connect_store()
         self.store = Store(
             redis,
@@ -408,3 +410,19 @@ class Daemon:
         if self.embedded is not None:
             await self.embedded.stop()
         log.info("stopped")
+
+
+def raise_open_file_limit() -> int:
+    """Raises this process's open-file limit to its hard limit (each connection is
+    one descriptor; the usual soft limit of 1,024 is far below what a daemon holds);
+    returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1_048_576)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:  # a container may forbid it
+            log.warning("open-file limit not raised", soft=soft, hard=hard, error=str(exc))
+    return soft

@@ -73,6 +73,14 @@ HTTP_LATENCY = Histogram(
 ACTOR_RESTARTS = Counter(
     "codeq_actor_restarts_total", "Actors restarted by the supervisor after a crash.", ["actor"]
 )
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "codeq_http_connections_open", "Client connections open, by transport.", ["transport"]
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "codeq_http_connections_refused_total",
+    "Client connections closed at once because the transport's connection limit was reached.",
+    ["transport"],
+)
 ACTOR_ITEM_FAILURES = Counter(
     "codeq_actor_item_failures_total",
     "Steps of an actor that failed for one tenant, callback or subscription of their own"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from codeq_transports.connections import ConnectionGuard
 from conftest import (
     TOKENS,
     Api,
@@ -24,6 +26,7 @@ from conftest import (
 )
 from redis import exceptions as rx
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 from test_callbacks import ACME, ADMIN_CALLBACKS, FAST, Receiver, complete, receivers
 from test_logs import daemon_process
 
@@ -334,3 +337,105 @@ async def test_a_full_store_is_503_out_of_memory_and_readyz_says_so(
         assert claimed is not None
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------ slow, idle and many clients
+
+
+async def _open(
+    url: str, first_bytes: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    if first_bytes:
+        writer.write(first_bytes)
+        await writer.drain()
+    return reader, writer
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float = 10) -> bytes:
+    """Reads until the server closes the connection (fails after `timeout`)."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except ConnectionResetError:
+        return b""
+
+
+async def test_stalled_connections_are_closed_and_others_served(
+    start_daemon: Callable[..., Awaitable[RunningDaemon]],
+) -> None:
+    """500 connections that send nothing or half a request line are closed after
+    httpHeaderTimeoutSeconds (they used to stay open for good), while a normal
+    client is served throughout; the open-connection count goes back to zero."""
+    daemon = await start_daemon(http_header_timeout_seconds=0.5)
+    stalled = [
+        await _open(daemon.url, b"POST /v1/codeq/tasks HTTP/1.1\r\nHo" if i % 2 else b"")
+        for i in range(500)
+    ]
+    await _create_once(daemon.url, "SLOW")
+    answers = await asyncio.gather(*(_closed_by_server(reader) for reader, _ in stalled))
+    assert answers == [b""] * len(stalled)  # closed without an answer: no request came
+    for _, writer in stalled:
+        writer.close()
+    guard = _http_guard(daemon)
+    await wait_for(lambda: guard.open == 0, message="every stalled connection closed")
+
+
+async def test_idle_keepalive_and_slow_bodies_are_bounded(
+    start_daemon: Callable[..., Awaitable[RunningDaemon]],
+) -> None:
+    """A keep-alive connection idle past httpIdleTimeoutSeconds is closed; a body
+    that does not arrive within httpBodyTimeoutSeconds gets 408 and creates nothing."""
+    daemon = await start_daemon(http_idle_timeout_seconds=0.5, http_body_timeout_seconds=0.5)
+    reader, writer = await _open(daemon.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await _closed_by_server(reader)
+    assert answer.startswith(b"HTTP/1.1 200"), answer  # answered, then closed when idle
+    writer.close()
+    partial = head("POST", TASKS) + b"Content-Length: 100\r\n\r\n" + b'{"command":'
+    reader, writer = await _open(daemon.url, partial)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    writer.close()
+    assert daemon.daemon.store is not None
+    assert await daemon.daemon.store.tenants() == []  # the create never ran
+
+
+async def test_the_connection_cap_refuses_the_rest_and_logs_it(
+    start_daemon: Callable[..., Awaitable[RunningDaemon]],
+) -> None:
+    """At httpMaxConnections open connections a new one is closed at once (one log
+    line, counted); once connections close, new ones are served again. The daemon
+    raised its open-file limit to the hard limit at start."""
+    daemon = await start_daemon(http_max_connections=20, http_header_timeout_seconds=30)
+    held = [await _open(daemon.url) for _ in range(20)]
+    guard = _http_guard(daemon)
+    await wait_for(lambda: guard.open == 20, message="20 connections open")
+    with capture_logs() as logs:
+        reader, writer = await _open(daemon.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await _closed_by_server(reader) == b""
+        writer.close()
+        reader, writer = await _open(daemon.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await _closed_by_server(reader) == b""
+        writer.close()
+    assert guard.refused == 2
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "connection limit reached: new connections are closed"
+    ]
+    for _, held_writer in held:
+        held_writer.close()
+    await wait_for(lambda: guard.open == 0, message="the held connections closed")
+    await _create_once(daemon.url, "CAP")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == hard or hard == resource.RLIM_INFINITY
+
+
+def _http_guard(daemon: RunningDaemon) -> ConnectionGuard:
+    transport = next(t for t in daemon.daemon.transports if t.name == "http")
+    guard: ConnectionGuard = transport._runner.guard  # type: ignore[attr-defined]
+    return guard
+
+
+async def _create_once(url: str, command: str) -> None:
+    """One create on a connection of its own, closed after it."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        await Api(http, url).create(command)

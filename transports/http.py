@@ -3,6 +3,7 @@ service and encodes; no business rule and no store call lives here."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from codeq_transports.connections import LINGER_SECONDS, ConnectionGuard, GuardedRunner
 
 from codeq import metrics, openapi, wire
 from codeq.domain import (
@@ -37,6 +39,7 @@ log = structlog.get_logger("codeq.http")
 
 PREFIX = "/v1/codeq"
 CTX = web.AppKey("codeq.context", TransportContext)
+GUARD = web.AppKey("codeq.connections", ConnectionGuard)
 # The X-CodeQ-Warning text of a request. aiohttp >= 3.14 warns on plain string keys
 # in request storage and offers web.RequestKey; older releases lack it.
 WARNING: Any = (
@@ -91,6 +94,8 @@ async def errors_and_request_id(request: web.Request, handler: Handler) -> web.S
     if "id" in request.match_info:
         structlog.contextvars.bind_contextvars(task_id=request.match_info["id"])
     try:
+        if (guard := request.app.get(GUARD)) is not None:
+            guard.request_started(request.transport)
         _check_headers(request)
         response = await handler(request)
     except CodeqError as exc:
@@ -182,7 +187,12 @@ def _bind_task(task: Task) -> None:
 async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
     """The JSON body; unknown fields are ignored, as codeQ does, but named back in
     an X-CodeQ-Warning header so a typo does not pass unnoticed."""
-    body = wire.parse_json_object(await request.read())
+    try:
+        async with asyncio.timeout(request.app[CTX].config.http_body_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(reason="request body did not arrive in time") from None
+    body = wire.parse_json_object(raw)
     unknown = wire.unknown_fields(body, known)
     if unknown:
         _warn(request, "unknown fields ignored: " + ", ".join(unknown))
@@ -631,11 +641,21 @@ class HttpTransport:
             self._unix = listen_unix(
                 config.unix_socket_path, config.unix_socket_mode, config.unix_socket_group
             )
-        self._runner = web.AppRunner(
-            build_app(self._ctx),
+        app = build_app(self._ctx)
+        guard = ConnectionGuard(
+            self.name,
+            max_connections=config.http_max_connections,
+            header_timeout=config.http_header_timeout_seconds,
+        )
+        app[GUARD] = guard
+        self._runner = GuardedRunner(
+            app,
+            guard,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=config.shutdown_grace_seconds,
+            keepalive_timeout=config.http_idle_timeout_seconds,
+            lingering_time=LINGER_SECONDS,
         )
         try:
             await self._runner.setup()

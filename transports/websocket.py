@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import WSMsgType, web
+from codeq_transports.connections import LINGER_SECONDS, ConnectionGuard, GuardedRunner
 
 from codeq import metrics, wire
 from codeq.domain import (
@@ -652,6 +653,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _first_request_started(guard: ConnectionGuard) -> Any:
+    """Tells the guard each connection's request has begun (its header deadline met)."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        guard.request_started(request.transport)
+        return await handler(request)
+
+    return middleware
+
+
 class WebSocketTransport:
     """Worker and producer streams (SPEC §5) on their own TCP port."""
 
@@ -668,16 +682,24 @@ class WebSocketTransport:
 
     async def start(self) -> list[str]:
         config = self._ctx.config
-        app = web.Application()
+        guard = ConnectionGuard(
+            self.name,
+            max_connections=config.http_max_connections,
+            header_timeout=config.http_header_timeout_seconds,
+        )
+        app = web.Application(middlewares=[_first_request_started(guard)])
         app[TRANSPORT] = self
         app.router.add_get("/healthz", healthz)
         app.router.add_get(f"{PREFIX}/worker", worker_stream)
         app.router.add_get(f"{PREFIX}/producer", producer_stream)
-        self._runner = web.AppRunner(
+        self._runner = GuardedRunner(
             app,
+            guard,
             access_log=None,
             handle_signals=False,
             shutdown_timeout=config.shutdown_grace_seconds,
+            keepalive_timeout=config.http_idle_timeout_seconds,
+            lingering_time=LINGER_SECONDS,
         )
         await self._runner.setup()
         self._site = web.TCPSite(
