@@ -601,7 +601,7 @@ class Config:
     store_timeout_seconds: float = setting(
         0.75,
         Number(0.1, 60),
-        "longest wait for one store operation, a free connection included (then 503)",
+        "longest the store may leave in-flight operations unanswered before it is down (503)",
     )
     store_max_connections: int = setting(
         64, Integer(1, 10_000), "store connections in the pool; more operations wait for one"

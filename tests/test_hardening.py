@@ -20,6 +20,7 @@ from conftest import (
     Api,
     RunningDaemon,
     ServeProcess,
+    StoreProcess,
     start_store,
     store_client,
     wait_for,
@@ -316,12 +317,10 @@ async def test_a_full_store_is_503_out_of_memory_and_readyz_says_so(
         api = Api(http, daemon.url)
         await api.create("FULL")
         direct = store_client(server.url)
-        used = int((await direct.info("memory"))["used_memory"])
         await direct.config_set("maxmemory-policy", "noeviction")
-        await direct.config_set("maxmemory", str(used + 256 * 1024))
+        await direct.config_set("maxmemory", "1")  # below what it uses: full
         with pytest.raises(rx.OutOfMemoryError):
-            for i in range(10_000):
-                await direct.set(f"ballast:{i}", "x" * 1024)
+            await direct.set("ballast", "x")
         for path, body in (
             (TASKS, {"command": "FULL", "payload": {}}),
             (f"{TASKS}/batch", {"tasks": [{"command": "FULL", "payload": {}}]}),
@@ -439,3 +438,36 @@ async def _create_once(url: str, command: str) -> None:
     """One create on a connection of its own, closed after it."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         await Api(http, url).create(command)
+
+
+async def test_a_frozen_store_fails_every_waiting_operation_within_a_second(
+    own_store: StoreProcess,
+    daemons_on: Callable[..., Awaitable[RunningDaemon]],
+) -> None:
+    """SIGSTOP with 200 creates in flight on a pool of 4: the ones waiting on the
+    store and the ones waiting for a connection all answer 503 within about a
+    second (the store made no progress for storeTimeoutSeconds), new ones at once;
+    after SIGCONT the daemon serves again by itself."""
+    daemon = await daemons_on(own_store.url, store_max_connections=4)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        api = Api(http, daemon.url)
+        await api.create("ICE")
+        body = {"command": "ICE", "payload": {}}
+        own_store.freeze()
+        try:
+            started = asyncio.get_running_loop().time()
+            statuses = await _at_once(
+                [api.call("POST", TASKS, "producer", body) for _ in range(200)]
+            )
+            elapsed = asyncio.get_running_loop().time() - started
+            assert statuses == {503: 200}, statuses
+            assert elapsed < 1.5, f"200 requests took {elapsed:.2f}s to fail"
+        finally:
+            own_store.thaw()
+
+        async def serves() -> bool:
+            status, _, _ = await api.call("POST", TASKS, "producer", body)
+            return status == 202
+
+        await wait_for(serves, timeout=10, message="the store back")

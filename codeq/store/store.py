@@ -42,6 +42,7 @@ from codeq.domain import (
     Unavailable,
 )
 from codeq.store import keys
+from codeq.store.health import StoreHealth
 from codeq.store.scripts import Scripts
 
 log = structlog.get_logger("codeq.store")
@@ -175,6 +176,7 @@ class Store:
         self._idempotency_ttl_ms = idempotency_ttl_ms
         self._scripts = Scripts(redis)
         self._known_tenants: set[str] = set()
+        self._health = StoreHealth(timeout, redis.ping) if timeout else None
         self._full_at = -FULL_WINDOW_SECONDS  # monotonic time of the last OOM refusal
         self._full_logged_at = -FULL_WINDOW_SECONDS
 
@@ -199,24 +201,50 @@ class Store:
 
     @asynccontextmanager
     async def _reachable(self) -> AsyncIterator[None]:
-        """Bounds a store operation by the store timeout and turns the store being down
-        or hung into the domain's Unavailable (a 503, never a 500).
+        """Bounds a store operation and turns the store being down, hung or full into
+        the domain's Unavailable (a 503, never a 500). The bound is the store's
+        progress (StoreHealth: some answer every storeTimeoutSeconds while operations
+        are in flight), plus a generous one of the operation's own.
 
-        The timeout is here rather than redis-py's socket_timeout, which on Python 3.11
+        The bound is here rather than redis-py's socket_timeout, which on Python 3.11
         wraps every read in asyncio.wait_for (a task per command, a fifth of a bare
         request's cost). redis-py drops a connection whose command was cancelled, so a
         late reply is never read by the next command."""
+        health = self._health
         try:
-            async with asyncio.timeout(self._timeout):
-                yield
-        except TimeoutError as exc:
-            raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
-        except _UNAVAILABLE as exc:
-            raise Unavailable(f"store unavailable: {exc}") from exc
-        except rx.ResponseError as exc:
-            if (full := self._out_of_memory(exc)) is not None:
-                raise full from exc
-            raise
+            async with asyncio.timeout(health.operation_bound if health else None) as scope:
+                answered = False
+                if health is not None:
+                    health.begin(scope)
+                try:
+                    yield
+                    answered = True
+                except rx.ResponseError:
+                    answered = True
+                    raise
+                finally:
+                    if health is not None:
+                        health.end(scope, answered=answered)
+        except (TimeoutError, *_UNAVAILABLE, rx.ResponseError) as exc:
+            if (failure := self._failure(exc)) is exc:
+                raise
+            raise failure from exc
+
+    def _failure(self, exc: Exception) -> Exception:
+        """What a failed store operation means to the caller."""
+        if isinstance(exc, TimeoutError):
+            health = self._health
+            if health is None or health.down:
+                return Unavailable(f"store did not answer within {self._timeout:g}s")
+            return Unavailable(
+                f"store operation not done within {health.operation_bound:g}s"
+                " (the store answers others: this daemon is overloaded)"
+            )
+        if isinstance(exc, _UNAVAILABLE):
+            return Unavailable(f"store unavailable: {exc}")
+        if isinstance(exc, rx.ResponseError) and (full := self._out_of_memory(exc)):
+            return full
+        return exc
 
     async def connect(self) -> None:
         """Checks the store answers and loads the scripts."""
@@ -225,6 +253,8 @@ class Store:
             await self._scripts.load(self.redis)
 
     async def close(self) -> None:
+        if self._health is not None:
+            await self._health.close()
         await self.redis.aclose()
 
     async def ping(self) -> bool:
@@ -234,17 +264,25 @@ class Store:
     async def _call(self, name: str, tag: str, *args: Any) -> Any:
         """Runs a script: _reachable() spelled out, as this is every operation's path."""
         started = time.perf_counter()
+        health = self._health
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._scripts(name, keys.prefix(tag), *args)
-        except TimeoutError as exc:
-            raise Unavailable(f"store did not answer within {self._timeout:g}s") from exc
-        except _UNAVAILABLE as exc:
-            raise Unavailable(f"store unavailable: {exc}") from exc
-        except rx.ResponseError as exc:
-            if (full := self._out_of_memory(exc)) is not None:
-                raise full from exc
-            raise
+            async with asyncio.timeout(health.operation_bound if health else None) as scope:
+                answered = False
+                if health is not None:
+                    health.begin(scope)
+                try:
+                    reply = await self._scripts(name, keys.prefix(tag), *args)
+                    answered = True
+                except rx.ResponseError:
+                    answered = True
+                    raise
+                finally:
+                    if health is not None:
+                        health.end(scope, answered=answered)
+        except (TimeoutError, *_UNAVAILABLE, rx.ResponseError) as exc:
+            if (failure := self._failure(exc)) is exc:
+                raise
+            raise failure from exc
         if self._timed:
             metrics.store_latency(name).observe(time.perf_counter() - started)
         return reply
