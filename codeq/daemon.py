@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_async import aio
 from prometheus_client import CollectorRegistry
 from redis import exceptions as rx
 from redis.asyncio import Redis
 
-from codeq import systemd
+from codeq import metrics, systemd
 from codeq.actors.base import Actor, Supervisor, first_of
 from codeq.actors.cleaner import SubscriptionCleaner
 from codeq.actors.dispatcher import CallbackDispatcher
@@ -275,7 +276,8 @@ class Daemon:
                 self._store_snapshot, timeout=self.config.metrics_scrape_timeout_seconds
             )
             self._metrics_registry.register(self._queue_gauges)
-        await self._queue_gauges.refresh()
+        # prometheus-async times the awaitable (the store read), not the encoding
+        await aio.time(metrics.SCRAPE_STORE_READ, self._queue_gauges.refresh())
         return exposition(self._metrics_registry)
 
     async def _store_snapshot(self) -> StoreSnapshot:

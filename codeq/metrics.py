@@ -73,6 +73,11 @@ HTTP_LATENCY = Histogram(
 ACTOR_RESTARTS = Counter(
     "codeq_actor_restarts_total", "Actors restarted by the supervisor after a crash.", ["actor"]
 )
+SCRAPE_STORE_READ = Histogram(
+    "codeq_metrics_store_read_seconds",
+    "Time a /metrics scrape spends reading the queue gauges from the store.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 HTTP_CONNECTIONS_OPEN = Gauge(
     "codeq_http_connections_open", "Client connections open, by transport.", ["transport"]
 )

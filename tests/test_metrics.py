@@ -217,3 +217,14 @@ async def test_subscriptions_active_is_read_at_scrape_time(
     path = f"/v1/codeq/workers/subscriptions/{sub['id']}"
     assert (await api.call("DELETE", path, "worker"))[0] == 204
     assert value(await scrape(http, daemon), "codeq_subscriptions_active", command="SUBM") == 0
+
+
+async def test_a_scrape_times_its_store_read(
+    start_daemon: Callable[..., Awaitable[RunningDaemon]], http: aiohttp.ClientSession
+) -> None:
+    """Each scrape's store read is timed (prometheus-async's aio.time) into
+    codeq_metrics_store_read_seconds, so an operator sees what a scrape costs."""
+    daemon = await start_daemon()
+    first = value(await scrape(http, daemon), "codeq_metrics_store_read_seconds_count")
+    second = value(await scrape(http, daemon), "codeq_metrics_store_read_seconds_count")
+    assert second == first + 1
