@@ -257,9 +257,9 @@ def exposition(registry: CollectorRegistry | None = None) -> tuple[bytes, str]:
 
 WEBHOOK_DELIVERIES = Counter(
     "codeq_webhook_deliveries_total",
-    "Webhook delivery attempts, by kind (queue_ready, result) and outcome"
-    " (success, failure, timeout, refused).",
-    ["kind", "outcome"],
+    "Webhook delivery attempts, by kind (codeQ's task_result, queue_ready), command and"
+    " outcome (success, failure, timeout, refused).",
+    ["kind", "command", "outcome"],
 )
 WEBHOOK_LATENCY = Histogram(
     "codeq_webhook_latency_seconds",

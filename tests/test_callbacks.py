@@ -158,11 +158,17 @@ async def receivers() -> AsyncIterator[Callable[[], Awaitable[Receiver]]]:
 
 
 def deliveries(outcome: str) -> float:
-    """Result-callback attempts with `outcome` so far in this process."""
-    value = REGISTRY.get_sample_value(
-        "codeq_webhook_deliveries_total", {"kind": "result", "outcome": outcome}
+    """Result-callback attempts with `outcome` so far in this process, over every
+    command (codeQ's labels: kind task_result, command, outcome)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == "codeq_webhook_deliveries"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+        and sample.labels["kind"] == "task_result"
+        and sample.labels["outcome"] == outcome
     )
-    return value or 0.0
 
 
 async def scraped(http: aiohttp.ClientSession, base: str, sample: str) -> float:

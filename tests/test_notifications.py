@@ -558,7 +558,7 @@ async def test_failed_notification_is_counted_and_subscription_stays(
     """A receiver answering 500 counts a failed queue_ready delivery; the subscription
     stays and gets the next event."""
     receiver.statuses["/broken"] = 500
-    labels = {"kind": "queue_ready", "outcome": "failure"}
+    labels = {"kind": "queue_ready", "command": "A", "outcome": "failure"}
     failures = await metric(http, api.base, "codeq_webhook_deliveries_total", **labels)
     await subscribe(api, receiver.url("/broken"), minIntervalSeconds=0)
 

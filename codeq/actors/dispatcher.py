@@ -178,7 +178,8 @@ class CallbackDispatcher(Actor):
         delivery = await self.client.post(
             callback.url,
             callback_body(callback),
-            kind="result",
+            kind="task_result",
+            command=callback.command,
             timeout=self.timeout,
             headers=headers,
         )

@@ -124,6 +124,7 @@ class Notifier(Actor):
             url,
             body,
             kind="queue_ready",
+            command=command,
             timeout=self.timeout,
             headers={"X-CodeQ-Event": "queue_ready", "X-CodeQ-Subscription": subscription_id},
         )

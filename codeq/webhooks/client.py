@@ -61,6 +61,7 @@ class WebhookClient:
         body: bytes,
         *,
         kind: str,
+        command: str,
         timeout: float,
         headers: dict[str, str] | None = None,
     ) -> Delivery:
@@ -71,7 +72,7 @@ class WebhookClient:
         delivery = Delivery(
             delivery.outcome, delivery.status, delivery.error, time.perf_counter() - started
         )
-        metrics.WEBHOOK_DELIVERIES.labels(kind, delivery.outcome).inc()
+        metrics.WEBHOOK_DELIVERIES.labels(kind, command, delivery.outcome).inc()
         metrics.WEBHOOK_LATENCY.labels(kind, delivery.outcome).observe(delivery.seconds)
         return delivery
 
