@@ -304,7 +304,9 @@ async def _post_all(guard: UrlGuard, port: int) -> dict[str, str]:
         outcomes = {}
         for n, host in enumerate(LOOPBACK_SPELLINGS):
             url = f"http://{host}:{port}/{n}"
-            delivery = await client.post(url, b'{"n": %d}' % n, kind="task_result", command="G", timeout=5)
+            delivery = await client.post(
+                url, b'{"n": %d}' % n, kind="task_result", command="G", timeout=5
+            )
             outcomes[host] = delivery.outcome
         return outcomes
     finally:
