@@ -16,12 +16,22 @@ from codeq.domain import Callback, Unavailable, rfc3339, trace_parent_problem
 from codeq.store.store import Store
 from codeq.webhooks.breaker import CircuitBreakers
 from codeq.webhooks.client import Delivery, WebhookClient
+from codeq.webhooks.guard import RefusedTarget, normal_host
 
 log = structlog.get_logger("codeq.callbacks")
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def breaker_host(url: str) -> str:
+    """The host a circuit breaker is kept for: its one normal spelling, so that
+    `127.1` and `127.0.0.1` (or a fullwidth name) share a breaker."""
+    try:
+        return normal_host(urlsplit(url).hostname or "")
+    except (ValueError, RefusedTarget):  # the delivery is refused anyway
+        return ""
 
 
 def callback_body(callback: Callback) -> bytes:
@@ -164,7 +174,7 @@ class CallbackDispatcher(Actor):
     async def _attempt(self, tag: str, callback: Callback) -> None:
         if callback.damaged:
             raise ValueError(callback.damaged)
-        host = urlsplit(callback.url).hostname or ""
+        host = breaker_host(callback.url)
         wait = self.breakers.admit(host)
         if wait is not None:
             await self._settle(
