@@ -7,15 +7,19 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from codeq.artifacts import CONTENT_TYPE_RE
 from codeq.artifacts import NAME_RE as ARTIFACT_NAME_RE
+from codeq.config import WEEK_SECONDS
+from codeq.domain import _TRACESTATE_MEMBER as TRACESTATE_MEMBER_RE
 from codeq.domain import (
     COMMAND_RE,
     MAX_DELAY_SECONDS,
@@ -23,7 +27,9 @@ from codeq.domain import (
     MAX_RESULT_WAIT_SECONDS,
     MAX_TRACESTATE,
     MAX_WAIT_SECONDS,
+    OPAQUE_ID_RE,
     TASK_ID_RE,
+    TRACEPARENT_RE,
     Artifact,
     Callback,
     ClaimRequest,
@@ -75,44 +81,324 @@ ERROR_STATUS: Mapping[type[CodeqError], int] = {
     Unavailable: 503,
 }
 
-CREATE_FIELDS = frozenset(
-    {
-        "command",
-        "payload",
-        "priority",
-        "maxAttempts",
-        "webhook",
-        "idempotencyKey",
-        "runAt",
-        "delaySeconds",
-        "traceParent",
-        "traceState",
-    }
-)
-CLAIM_FIELDS = frozenset({"commands", "leaseSeconds", "waitSeconds"})
-HEARTBEAT_FIELDS = frozenset({"extendSeconds", "leaseToken"})
-NACK_FIELDS = frozenset({"delaySeconds", "reason", "leaseToken"})
-ABANDON_FIELDS = frozenset({"leaseToken"})
-RESULT_FIELDS = frozenset({"status", "result", "error", "artifacts", "leaseToken"})
-CANCEL_FIELDS = frozenset({"reason"})
-CLEANUP_FIELDS = frozenset({"limit", "before"})
-REDRIVE_FIELDS = frozenset({"ids", "error", "all", "limit", "ratePerSecond", "dryRun"})
-DLQ_QUERY_FIELDS = frozenset({"cursor", "limit", "error", "olderThanSeconds", "newerThanSeconds"})
-SUBSCRIBE_FIELDS = frozenset(
-    {"callbackUrl", "eventTypes", "ttlSeconds", "deliveryMode", "groupId", "minIntervalSeconds"}
-)
-SUBSCRIPTION_HEARTBEAT_FIELDS = frozenset({"ttlSeconds"})
-CALLBACKS_QUERY_FIELDS = frozenset({"limit"})
 MAX_EVENT_TYPES = 100
 MAX_BATCH = 1000
-BATCH_CREATE_FIELDS = frozenset({"tasks"})
-BATCH_CLAIM_FIELDS = CLAIM_FIELDS | {"count"}
-BATCH_RESULTS_FIELDS = frozenset({"results"})
-BATCH_RESULT_ITEM_FIELDS = RESULT_FIELDS | {"taskId"}
 MAX_CLEANUP_LIMIT = 10_000
 MAX_REDRIVE = 10_000
 MAX_DLQ_PAGE = 1000
 MAX_TEXT = 4096
+MAX_AGE_SECONDS = 100 * 365 * 86_400
+MAX_SUBSCRIPTION_TTL_SECONDS = WEEK_SECONDS  # the largest subscriptionMaxTtlSeconds a config takes
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+# ------------------------------------------------------------ what each body holds
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """What one request field may hold, declared once: the readers below check values
+    against it and codeq.openapi renders it as the field's JSON Schema, so the two
+    cannot drift. A nullable field reads null as absent (codeQ's omitempty), and, if
+    it is a string, "" too."""
+
+    type: str  # a JSON Schema type, or "any" (any JSON value but null)
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None  # characters of a string, items of an array
+    min_items: int = 0
+    pattern: str | None = None  # what the whole string matches (Python and ECMA-262 alike)
+    enum: tuple[str, ...] = ()
+    items: Field | None = None
+    ref: str | None = None  # an object described by the document's schema of this name
+    required: bool = False
+    nullable: bool = True
+    format: str | None = None  # the string's form, as the document names it
+    description: str | None = None
+
+    def matches(self, value: str) -> bool:
+        return self.pattern is None or re.fullmatch(self.pattern, value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A request body or query string: its fields and the rules across them."""
+
+    fields: Mapping[str, Field]
+    # (field, value) -> the field that value makes required, e.g. a FAILED result's error
+    needs: Mapping[tuple[str, str], str] = dataclass_field(default_factory=dict)
+    exactly_one: tuple[str, ...] = ()  # exactly one of these fields is given
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.fields)
+
+    def __getitem__(self, name: str) -> Field:
+        return self.fields[name]
+
+
+def _whole(regex: re.Pattern[str]) -> str:
+    """A ^…$ domain regex as a Field pattern, matched whole (not up to a final newline)."""
+    return regex.pattern.removeprefix("^").removesuffix("$")
+
+
+# http or https with a host name: urlsplit's hostname is not empty.
+_URL_PATTERN = (
+    r"[Hh][Tt][Tt][Pp][Ss]?://(?:[^/?#@]*@)?(?:\[[^\]/?#@]+\]|[^/?#@:\[\]]+)"
+    r"(?::(?:[0-9]{0,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+    r"(?:[/?#].*)?"
+)
+_BASE64 = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_TOKEN = r"[A-Za-z0-9_.+-]"  # CONTENT_TYPE_RE's \w, in ASCII (as JSON Schema reads \w)
+_CONTENT_TYPE = rf"{_TOKEN}{{1,63}}/{_TOKEN}{{1,63}}(?:; ?{_TOKEN}{{1,31}}={_TOKEN}{{1,63}}){{0,3}}"
+
+# W3C Trace Context, as trace_parent_problem and trace_state_problem check it: a
+# version-00 traceparent is exactly 55 characters; a tracestate is up to 32 members.
+_TRACEPARENT = rf"(?!00.{{54}}){_whole(TRACEPARENT_RE)}"
+_MEMBER = _whole(TRACESTATE_MEMBER_RE)
+_TRACESTATE = rf"[ \t,]*(?:(?:{_MEMBER})[ \t]*(?:,[ \t,]*(?:{_MEMBER})[ \t]*){{0,31}})?[ \t,]*"
+
+_COMMAND = Field(
+    "string", pattern=_whole(COMMAND_RE), nullable=False, description="letters, digits, _ . : -"
+)
+_TASK_ID = Field("string", pattern=_whole(TASK_ID_RE), nullable=False)
+_EVENT_TYPE = Field("string", pattern=rf"\*|{_whole(COMMAND_RE)}", nullable=False)
+_URL = Field(
+    "string",
+    max_length=2048,
+    pattern=_URL_PATTERN,
+    format="uri",
+    description="http or https; a private or loopback address is refused unless "
+    "webhookAllowedHosts names it",
+)
+_TIME = Field("string", max_length=64, format="date-time", description="RFC 3339, with an offset")
+_LEASE_TOKEN = Field(
+    "string", max_length=128, description="the claim's fencing token (or header X-Lease-Token)"
+)
+_REASON = Field("string", max_length=1024)
+_SUBSCRIPTION_TTL = Field(
+    "integer",
+    1,
+    MAX_SUBSCRIPTION_TTL_SECONDS,
+    description="seconds (default 300); the daemon's subscriptionMaxTtlSeconds (86400 unless "
+    "configured) is the ceiling",
+)
+
+CREATE = Shape(
+    {
+        "command": replace(_COMMAND, required=True),
+        "payload": Field(
+            "any",
+            required=True,
+            description="the producer's JSON value (any but null), kept as a JSON string",
+        ),
+        "priority": Field("integer", *_INT32, description="0..9, higher first; others clamped"),
+        "maxAttempts": Field("integer", 1, 1000, description="default 5"),
+        "webhook": replace(_URL, description=f"result callback; {_URL.description}"),
+        "idempotencyKey": Field("string", max_length=256),
+        "runAt": replace(_TIME, description="when the task becomes ready (wins over delaySeconds)"),
+        "delaySeconds": Field("number", 0, MAX_DELAY_SECONDS),
+        "traceParent": Field(
+            "string",
+            max_length=MAX_TRACESTATE,
+            pattern=_TRACEPARENT,
+            description="W3C traceparent (default: the request's traceparent header)",
+        ),
+        "traceState": Field(
+            "string", max_length=MAX_TRACESTATE, pattern=_TRACESTATE, description="W3C tracestate"
+        ),
+    }
+)
+CLAIM = Shape(
+    {
+        "commands": Field(
+            "array", max_length=100, items=_COMMAND, description="default: all the token allows"
+        ),
+        "leaseSeconds": Field("integer", 1, MAX_LEASE_SECONDS, description="default 300"),
+        "waitSeconds": Field(
+            "number", description=f"long-poll, 0..{MAX_WAIT_SECONDS}; values outside are clamped"
+        ),
+    }
+)
+BATCH_CLAIM = Shape(
+    {**CLAIM.fields, "count": Field("integer", 1, MAX_BATCH, description="default 1")}
+)
+HEARTBEAT = Shape(
+    {
+        "extendSeconds": Field("integer", 1, MAX_LEASE_SECONDS, description="default 300"),
+        "leaseToken": _LEASE_TOKEN,
+    }
+)
+NACK = Shape(
+    {
+        "delaySeconds": Field(
+            "integer", 0, MAX_DELAY_SECONDS, description="default: the backoff policy's delay"
+        ),
+        "reason": _REASON,
+        "leaseToken": _LEASE_TOKEN,
+    }
+)
+ABANDON = Shape({"leaseToken": _LEASE_TOKEN})
+ARTIFACT_REFERENCE = Shape(
+    {
+        "name": Field("string", max_length=256, required=True),
+        "url": replace(_URL, required=True, description="where the artifact is"),
+    }
+)
+INLINE_ARTIFACT = Shape(
+    {
+        "name": Field(
+            "string",
+            pattern=ARTIFACT_NAME_RE.pattern,
+            required=True,
+            description="letters, digits, . _ - (a letter or digit first)",
+        ),
+        "contentBase64": Field("string", pattern=_BASE64, format="byte", required=True),
+        "contentType": Field(
+            "string",
+            pattern=_CONTENT_TYPE,
+            nullable=False,
+            description="a media type (default application/octet-stream)",
+        ),
+    }
+)
+RESULT = Shape(
+    {
+        "status": Field("string", enum=("COMPLETED", "FAILED"), required=True),
+        "result": Field("object", description="required when status is COMPLETED"),
+        "error": Field("string", max_length=MAX_TEXT, description="required when status is FAILED"),
+        "artifacts": Field(
+            "array",
+            max_length=100,
+            items=Field("object", ref="Artifact", nullable=False),
+            description="{name, url}, or {name, contentBase64, contentType} for the daemon to "
+            "keep (distinct names)",
+        ),
+        "leaseToken": _LEASE_TOKEN,
+    },
+    needs={("status", "COMPLETED"): "result", ("status", "FAILED"): "error"},
+)
+BATCH_RESULT_ITEM = Shape(
+    {
+        **RESULT.fields,
+        "taskId": Field("string", pattern=_whole(OPAQUE_ID_RE), required=True),
+    },
+    needs=RESULT.needs,
+)
+BATCH_CREATE = Shape(
+    {
+        "tasks": Field(
+            "array",
+            min_items=1,
+            max_length=MAX_BATCH,
+            items=Field("object", ref="CreateTask", nullable=False),
+            required=True,
+            description="each item is created or refused on its own",
+        )
+    }
+)
+BATCH_RESULTS = Shape(
+    {
+        "results": Field(
+            "array",
+            min_items=1,
+            max_length=MAX_BATCH,
+            items=Field("object", ref="ResultItem", nullable=False),
+            required=True,
+            description="each item is recorded or refused on its own",
+        )
+    }
+)
+CANCEL = Shape({"reason": _REASON})
+CLEANUP = Shape(
+    {
+        "limit": Field("integer", 1, MAX_CLEANUP_LIMIT, description="default 1000"),
+        "before": replace(_TIME, description="retention expired before this time (default now)"),
+    }
+)
+REDRIVE = Shape(
+    {
+        "ids": Field(
+            "array",
+            min_items=1,
+            max_length=MAX_REDRIVE,
+            items=_TASK_ID,
+        ),
+        "error": replace(_REASON, description="dead-lettered with this error"),
+        "all": Field("boolean", nullable=False, description="true: every dead-lettered task"),
+        "limit": Field("integer", 1, MAX_REDRIVE, description="default 100"),
+        "ratePerSecond": Field("number", 0.1, 100_000),
+        "dryRun": Field("boolean", nullable=False),
+    },
+    exactly_one=("ids", "error", "all"),
+)
+DLQ_QUERY = Shape(
+    {
+        "cursor": Field(
+            "string",
+            pattern="[A-Za-z0-9_-]+",
+            format="cursor",
+            description="the nextCursor of the page before",
+        ),
+        "limit": Field("integer", 1, MAX_DLQ_PAGE, description="default 100"),
+        "error": replace(_REASON, description="dead-lettered with this error"),
+        "olderThanSeconds": Field("integer", 0, MAX_AGE_SECONDS),
+        "newerThanSeconds": Field("integer", 0, MAX_AGE_SECONDS),
+    }
+)
+CALLBACKS_QUERY = Shape({"limit": Field("integer", 1, MAX_DLQ_PAGE, description="default 100")})
+RESULT_QUERY = Shape(
+    {
+        "waitSeconds": Field(
+            "string",
+            description=f"seconds to wait for the task to end, 0..{MAX_RESULT_WAIT_SECONDS} "
+            "(larger: clamped); not a number or at most 0: no wait",
+        )
+    }
+)
+SUBSCRIBE = Shape(
+    {
+        "callbackUrl": replace(_URL, required=True),
+        "eventTypes": Field(
+            "array",
+            max_length=MAX_EVENT_TYPES,
+            items=_EVENT_TYPE,
+            nullable=False,
+            description="commands, or * (default: all the token allows)",
+        ),
+        "ttlSeconds": _SUBSCRIPTION_TTL,
+        "deliveryMode": Field(
+            "string", enum=tuple(m.value for m in DeliveryMode), description="default fanout"
+        ),
+        "groupId": Field(
+            "string",
+            max_length=128,
+            description="required when deliveryMode is group, unless the token names a "
+            "workerGroup (which it then defaults to, and must equal)",
+        ),
+        "minIntervalSeconds": Field("number", 0, 86_400, description="default 5"),
+    },
+)
+SUBSCRIPTION_HEARTBEAT = Shape({"ttlSeconds": _SUBSCRIPTION_TTL})
+
+# The field names of each body, which the transports name unknown fields against.
+CREATE_FIELDS = CREATE.names
+CLAIM_FIELDS = CLAIM.names
+HEARTBEAT_FIELDS = HEARTBEAT.names
+NACK_FIELDS = NACK.names
+ABANDON_FIELDS = ABANDON.names
+RESULT_FIELDS = RESULT.names
+CANCEL_FIELDS = CANCEL.names
+CLEANUP_FIELDS = CLEANUP.names
+REDRIVE_FIELDS = REDRIVE.names
+DLQ_QUERY_FIELDS = DLQ_QUERY.names
+SUBSCRIBE_FIELDS = SUBSCRIBE.names
+SUBSCRIPTION_HEARTBEAT_FIELDS = SUBSCRIPTION_HEARTBEAT.names
+CALLBACKS_QUERY_FIELDS = CALLBACKS_QUERY.names
+BATCH_CREATE_FIELDS = BATCH_CREATE.names
+BATCH_CLAIM_FIELDS = BATCH_CLAIM.names
+BATCH_RESULTS_FIELDS = BATCH_RESULTS.names
+BATCH_RESULT_ITEM_FIELDS = BATCH_RESULT_ITEM.names
 
 
 def unknown_fields(body: Body, known: frozenset[str]) -> list[str]:
@@ -128,9 +414,9 @@ _ORJSON_MAX_DEPTH = 254
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body: empty means {}, anything but a JSON object (or one nested
-    deeper than MAX_JSON_DEPTH) is rejected."""
-    if not raw.strip():
+    """A request body: none (zero bytes) means {}, anything but a JSON object (or one
+    nested deeper than MAX_JSON_DEPTH) is rejected -- blanks alone are not JSON."""
+    if not raw:
         return {}
     try:
         body = orjson.loads(raw)
@@ -160,97 +446,124 @@ def check_depth(value: Any, raw: bytes) -> None:
 # ------------------------------------------------------------ field readers
 
 
-def _int(body: Body, name: str, lo: int, hi: int) -> int | None:
+def _int(body: Body, shape: Shape, name: str) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
         raise Invalid(f"{name} must be an integer", field=name)
-    if not lo <= value <= hi:
-        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    _in_range(shape[name], name, value)
     return int(value)
 
 
-def _number(body: Body, name: str, lo: float, hi: float) -> float | None:
+def _number(body: Body, shape: Shape, name: str) -> float | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise Invalid(f"{name} must be a number", field=name)
-    if not lo <= value <= hi:
-        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    _in_range(shape[name], name, value)
     return float(value)
 
 
-def _text(body: Body, name: str, *, max_len: int = MAX_TEXT, required: bool = False) -> str | None:
+def _in_range(spec: Field, name: str, value: float) -> None:
+    lo = -math.inf if spec.minimum is None else spec.minimum
+    hi = math.inf if spec.maximum is None else spec.maximum
+    if not lo <= value <= hi:
+        raise Invalid(f"{name} must be between {lo:g} and {hi:g}, got {value}", field=name)
+
+
+def _text(body: Body, shape: Shape, name: str) -> str | None:
+    spec = shape[name]
     value = body.get(name)
     if value is None or value == "":
-        if required:
+        if spec.required:
             raise Invalid(f"{name} is required", field=name)
         return None
     if not isinstance(value, str):
         raise Invalid(f"{name} must be a string", field=name)
-    if len(value) > max_len:
-        raise Invalid(f"{name} must be at most {max_len} characters", field=name)
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise Invalid(f"{name} must be at most {spec.max_length} characters", field=name)
     return value
 
 
 def _trace(body: Body, name: str, problem: Callable[[str], str | None]) -> str | None:
     """A W3C Trace Context field: it goes on in callback headers, so it is checked
     here, not where it would break a delivery."""
-    value = _text(body, name, max_len=MAX_TRACESTATE)
+    value = _text(body, CREATE, name)
     if value is not None and (why := problem(value)):
         raise Invalid(f"{name} {why}", field=name)
     return value
 
 
-def _url(body: Body, name: str) -> str | None:
-    url = _text(body, name, max_len=2048)
+def _url(body: Body, shape: Shape, name: str) -> str | None:
+    url = _text(body, shape, name)
     if url is not None:
         try:
             parts = urlsplit(url)
         except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
             raise Invalid(f"{name} is not a valid URL: {exc}", field=name) from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if not shape[name].matches(url) or parts.scheme not in ("http", "https"):
+            raise Invalid(f"{name} must be an http or https URL", field=name)
+        if not parts.hostname:
             raise Invalid(f"{name} must be an http or https URL", field=name)
     return url
 
 
-def _time_ms(body: Body, name: str) -> int | None:
-    value = _text(body, name, max_len=64)
+# The instants an RFC 3339 timestamp can name and a response can show again: one
+# before the epoch is as past as the epoch for every use here (a runAt, a cleanup's
+# cutoff), one past 9999 in UTC is taken as its last millisecond.
+_LAST_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC).timestamp() * 1000)
+
+
+def _time_ms(body: Body, shape: Shape, name: str) -> int | None:
+    value = _text(body, shape, name)
     if value is None:
         return None
-    try:
-        at = datetime.fromisoformat(value)
+    try:  # RFC 3339 lets T and Z be lower case; fromisoformat takes upper case only
+        at = datetime.fromisoformat(value.upper())
     except ValueError as exc:
         raise Invalid(f"{name} must be an RFC 3339 timestamp, got {value!r}", field=name) from exc
     if at.tzinfo is None:
         raise Invalid(f"{name} must include a time zone offset (e.g. Z)", field=name)
-    return int(at.timestamp() * 1000)
+    return min(max(int(at.timestamp() * 1000), 0), _LAST_MS)
+
+
+def _matching(spec: Field, name: str, value: Any, problem: str) -> str:
+    """A string value the field's pattern matches whole; else Invalid(problem)."""
+    if not isinstance(value, str) or not spec.matches(value):
+        raise Invalid(problem, field=name)
+    return value
+
+
+def _needs(shape: Shape, body: Body) -> None:
+    """A value that makes another field required (a FAILED result's error, …)."""
+    for (name, value), needed in shape.needs.items():
+        if body.get(name) == value and body.get(needed) in (None, ""):
+            raise Invalid(f"{needed} is required when {name} is {value}", field=needed)
 
 
 # ------------------------------------------------------------ requests
 
 
 def parse_create(body: Body) -> NewTask:
-    command = _text(body, "command", max_len=128, required=True)
+    command = _text(body, CREATE, "command")
     assert command is not None
-    if not COMMAND_RE.match(command):
+    if not CREATE["command"].matches(command):
         raise Invalid("command may only contain letters, digits and _ . : -", field="command")
     payload = body.get("payload")
     if payload is None:  # codeQ binds it as required; any other JSON value is kept
         raise Invalid("payload is required (any JSON value but null, e.g. {})", field="payload")
-    priority = _int(body, "priority", -(2**31), 2**31 - 1)
-    delay = _number(body, "delaySeconds", 0, MAX_DELAY_SECONDS)
+    priority = _int(body, CREATE, "priority")
     return NewTask(
         command=command,
         payload=orjson.dumps(payload).decode(),
         priority=clamp_priority(priority or 0),
-        max_attempts=_int(body, "maxAttempts", 1, 1000),
-        webhook=_url(body, "webhook"),
-        idempotency_key=_text(body, "idempotencyKey", max_len=256),
-        run_at_ms=_time_ms(body, "runAt"),
-        delay_seconds=delay,
+        max_attempts=_int(body, CREATE, "maxAttempts"),
+        webhook=_url(body, CREATE, "webhook"),
+        idempotency_key=_text(body, CREATE, "idempotencyKey"),
+        run_at_ms=_time_ms(body, CREATE, "runAt"),
+        delay_seconds=_number(body, CREATE, "delaySeconds"),
         trace_parent=_trace(body, "traceParent", trace_parent_problem),
         trace_state=_trace(body, "traceState", trace_state_problem),
     )
@@ -264,17 +577,16 @@ def parse_claim(body: Body, warnings: list[str] | None = None) -> ClaimRequest:
         commands = []
     if not isinstance(commands, list) or not all(isinstance(c, str) and c for c in commands):
         raise Invalid("commands must be a list of command names", field="commands")
-    if len(commands) > 100:
-        raise Invalid("commands may name at most 100 commands", field="commands")
+    most = CLAIM["commands"].max_length
+    if most is not None and len(commands) > most:
+        raise Invalid(f"commands may name at most {most} commands", field="commands")
     for command in commands:
-        if not COMMAND_RE.match(command):
+        if not _COMMAND.matches(command):
             raise Invalid(f"commands: invalid command name {command!r}", field="commands")
     return ClaimRequest(
         commands=tuple(commands),
-        lease_seconds=_int(body, "leaseSeconds", 1, MAX_LEASE_SECONDS),
-        wait_seconds=_clamped_wait(
-            _number(body, "waitSeconds", -math.inf, math.inf), MAX_WAIT_SECONDS, warnings
-        ),
+        lease_seconds=_int(body, CLAIM, "leaseSeconds"),
+        wait_seconds=_clamped_wait(_number(body, CLAIM, "waitSeconds"), MAX_WAIT_SECONDS, warnings),
     )
 
 
@@ -289,32 +601,28 @@ def _clamped_wait(value: float | None, most: float, warnings: list[str] | None) 
 
 def parse_lease_token(body: Body, header: str | None) -> str | None:
     """The fencing token, from the X-Lease-Token header or the body."""
-    return header or _text(body, "leaseToken", max_len=128)
+    return header or _text(body, ABANDON, "leaseToken")
 
 
 def parse_extend_seconds(body: Body) -> int | None:
-    return _int(body, "extendSeconds", 1, MAX_LEASE_SECONDS)
+    return _int(body, HEARTBEAT, "extendSeconds")
 
 
 def parse_nack(body: Body) -> tuple[int | None, str]:
     """The delay override (seconds) and the reason of a nack."""
-    delay = _int(body, "delaySeconds", 0, MAX_DELAY_SECONDS)
-    return delay, _text(body, "reason", max_len=1024) or ""
+    return _int(body, NACK, "delaySeconds"), _text(body, NACK, "reason") or ""
 
 
 def parse_result(body: Body) -> ResultSubmission:
     raw_status = body.get("status")
-    if raw_status not in ("COMPLETED", "FAILED"):
+    if raw_status not in RESULT["status"].enum:
         raise Invalid("status must be COMPLETED or FAILED", field="status")
     status = Status(raw_status)
     result = body.get("result")
     if result is not None and not isinstance(result, dict):
         raise Invalid("result must be a JSON object", field="result")
-    error = _text(body, "error", max_len=MAX_TEXT)
-    if status is Status.COMPLETED and result is None:
-        raise Invalid("result is required when status is COMPLETED", field="result")
-    if status is Status.FAILED and error is None:
-        raise Invalid("error is required when status is FAILED", field="error")
+    error = _text(body, RESULT, "error")
+    _needs(RESULT, body)
     return ResultSubmission(status, result, error, _artifacts(body.get("artifacts")))
 
 
@@ -323,8 +631,9 @@ def _artifacts(raw: Any) -> tuple[Artifact | InlineArtifact, ...]:
     contentType} content for the daemon to store (codeQ's uploader)."""
     if raw is None:
         return ()
-    if not isinstance(raw, list) or len(raw) > 100:
-        raise Invalid("artifacts must be a list of at most 100 items", field="artifacts")
+    most = RESULT["artifacts"].max_length
+    if not isinstance(raw, list) or (most is not None and len(raw) > most):
+        raise Invalid(f"artifacts must be a list of at most {most} items", field="artifacts")
     out: list[Artifact | InlineArtifact] = []
     for item in raw:
         if not isinstance(item, dict):
@@ -336,8 +645,8 @@ def _artifacts(raw: Any) -> tuple[Artifact | InlineArtifact, ...]:
         if "contentBase64" in item:
             out.append(_inline_artifact(item))
             continue
-        name = _text(item, "name", max_len=256, required=True)
-        url = _url(item, "url")
+        name = _text(item, ARTIFACT_REFERENCE, "name")
+        url = _url(item, ARTIFACT_REFERENCE, "url")
         if url is None:
             raise Invalid("each artifact needs a url (or contentBase64)", field="artifacts")
         assert name is not None
@@ -349,28 +658,26 @@ def _artifacts(raw: Any) -> tuple[Artifact | InlineArtifact, ...]:
 
 
 def _inline_artifact(item: dict[str, Any]) -> InlineArtifact:
-    name = item.get("name")
-    if not isinstance(name, str) or not ARTIFACT_NAME_RE.fullmatch(name):
-        raise Invalid(
-            "an inline artifact's name must be 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            field="artifacts",
-        )
-    encoded = item["contentBase64"]
-    try:
-        if not isinstance(encoded, str):
-            raise ValueError
-        content = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        problem = f"artifact {name!r}: contentBase64 is not base64"
-        raise Invalid(problem, field="artifacts") from None
-    content_type = item.get("contentType", "application/octet-stream")
-    if not isinstance(content_type, str) or not CONTENT_TYPE_RE.fullmatch(content_type):
-        raise Invalid(
-            f"artifact {name!r}: contentType must be a media type like 'image/png'",
-            field="artifacts",
-        )
-    return InlineArtifact(name=name, content=content, content_type=content_type)
+    name = _matching(
+        INLINE_ARTIFACT["name"],
+        "artifacts",
+        item.get("name"),
+        "an inline artifact's name must be 1-128 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+    )
+    encoded = _matching(
+        INLINE_ARTIFACT["contentBase64"],
+        "artifacts",
+        item["contentBase64"],
+        f"artifact {name!r}: contentBase64 is not base64",
+    )
+    content_type = _matching(
+        INLINE_ARTIFACT["contentType"],
+        "artifacts",
+        item.get("contentType", "application/octet-stream"),
+        f"artifact {name!r}: contentType must be a media type like 'image/png'",
+    )
+    return InlineArtifact(name=name, content=base64.b64decode(encoded), content_type=content_type)
 
 
 # ------------------------------------------------------------ responses
@@ -451,14 +758,14 @@ def history_to_wire(entries: list[HistoryEntry]) -> list[dict[str, Any]]:
 
 def parse_cancel(body: Body) -> str:
     """The optional reason of a cancel, kept in the task's history."""
-    return _text(body, "reason", max_len=1024) or ""
+    return _text(body, CANCEL, "reason") or ""
 
 
 def parse_cleanup(body: Body) -> tuple[int, int | None]:
     """The limit (default 1000) and the cutoff (epoch ms; None = the retention
     default) of an admin cleanup."""
-    limit = _int(body, "limit", 1, MAX_CLEANUP_LIMIT)
-    return (1000 if limit is None else limit), _time_ms(body, "before")
+    limit = _int(body, CLEANUP, "limit")
+    return (1000 if limit is None else limit), _time_ms(body, CLEANUP, "before")
 
 
 def _bool(body: Body, name: str) -> bool:
@@ -472,34 +779,34 @@ def parse_redrive(body: Body) -> RedriveRequest:
     """Exactly one of `ids`, `error` or `all: true` says which tasks move."""
     ids = body.get("ids")
     if ids is not None:
+        spec = REDRIVE["ids"]
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise Invalid("ids must be a list of task ids", field="ids")
-        if not 1 <= len(ids) <= MAX_REDRIVE:
-            raise Invalid(f"ids must name 1 to {MAX_REDRIVE} tasks", field="ids")
+        if not spec.min_items <= len(ids) <= (spec.max_length or MAX_REDRIVE):
+            raise Invalid(f"ids must name 1 to {spec.max_length} tasks", field="ids")
         for task_id in ids:
-            if not TASK_ID_RE.match(task_id):
-                raise Invalid(f"ids: invalid task id {task_id!r}", field="ids")
-    error = _text(body, "error", max_len=1024)
-    every = _bool(body, "all")
-    chosen = [name for name, given in (("ids", ids), ("error", error), ("all", every)) if given]
+            _matching(_TASK_ID, "ids", task_id, f"ids: invalid task id {task_id!r}")
+    error, every = _text(body, REDRIVE, "error"), _bool(body, "all")
+    given = {"ids": ids, "error": error, "all": every}
+    chosen = [name for name in REDRIVE.exactly_one if given[name]]
     if len(chosen) != 1:
         raise Invalid(
             "give exactly one of ids, error or all: true"
             + (f" (got {', '.join(chosen)})" if chosen else ""),
             field=chosen[-1] if chosen else "ids",
         )
-    limit = _int(body, "limit", 1, MAX_REDRIVE)
+    limit = _int(body, REDRIVE, "limit")
     return RedriveRequest(
         ids=tuple(ids or ()),
         error=error,
         all=every,
         limit=100 if limit is None else limit,
-        rate_per_second=_number(body, "ratePerSecond", 0.1, 100_000),
+        rate_per_second=_number(body, REDRIVE, "ratePerSecond"),
         dry_run=_bool(body, "dryRun"),
     )
 
 
-def _query_int(query: Mapping[str, str], name: str, lo: int, hi: int) -> int | None:
+def _query_int(query: Mapping[str, str], shape: Shape, name: str) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return None
@@ -507,24 +814,21 @@ def _query_int(query: Mapping[str, str], name: str, lo: int, hi: int) -> int | N
         value = int(raw)
     except ValueError:
         raise Invalid(f"{name} must be an integer, got {raw!r}", field=name) from None
-    if not lo <= value <= hi:
-        raise Invalid(f"{name} must be between {lo} and {hi}, got {value}", field=name)
+    _in_range(shape[name], name, value)
     return value
 
 
 def parse_dlq_query(query: Mapping[str, str]) -> DlqQuery:
     """The query string of a DLQ listing: cursor, limit (100, at most 1000), error,
     olderThanSeconds, newerThanSeconds."""
-    limit = _query_int(query, "limit", 1, MAX_DLQ_PAGE)
-    error = query.get("error") or None
-    if error is not None and len(error) > 1024:
-        raise Invalid("error must be at most 1024 characters", field="error")
+    limit = _query_int(query, DLQ_QUERY, "limit")
+    cursor = query.get("cursor")
     return DlqQuery(
         limit=100 if limit is None else limit,
-        cursor=decode_cursor(query["cursor"]) if query.get("cursor") else None,
-        error=error,
-        older_than_seconds=_query_int(query, "olderThanSeconds", 0, 100 * 365 * 86_400),
-        newer_than_seconds=_query_int(query, "newerThanSeconds", 0, 100 * 365 * 86_400),
+        cursor=decode_cursor(cursor) if cursor else None,
+        error=_text(query, DLQ_QUERY, "error"),
+        older_than_seconds=_query_int(query, DLQ_QUERY, "olderThanSeconds"),
+        newer_than_seconds=_query_int(query, DLQ_QUERY, "newerThanSeconds"),
     )
 
 
@@ -538,12 +842,14 @@ def encode_cursor(position: DlqPosition | None) -> str | None:
 
 def decode_cursor(cursor: str) -> DlqPosition:
     try:
+        if not DLQ_QUERY["cursor"].matches(cursor):
+            raise ValueError(cursor)
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, _, task_id = raw.partition(":")
         position = DlqPosition(int(score), task_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise Invalid("cursor is not one this server returned", field="cursor") from None
-    if position.score < 0 or not TASK_ID_RE.match(position.task_id):
+    if position.score < 0 or not _TASK_ID.matches(position.task_id):
         raise Invalid("cursor is not one this server returned", field="cursor")
     return position
 
@@ -584,31 +890,33 @@ def redrive_to_wire(outcome: RedriveOutcome) -> dict[str, Any]:
 
 
 def parse_subscribe(body: Body) -> NewSubscription:
-    url = _url(body, "callbackUrl")
-    if url is None:
-        raise Invalid("callbackUrl is required", field="callbackUrl")
+    url = _url(body, SUBSCRIBE, "callbackUrl")
+    assert url is not None
     types = body.get("eventTypes", [])
     if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
         raise Invalid("eventTypes must be a list of command names", field="eventTypes")
     if len(types) > MAX_EVENT_TYPES:
         raise Invalid(f"eventTypes may list at most {MAX_EVENT_TYPES} commands", field="eventTypes")
-    mode = _text(body, "deliveryMode", max_len=16) or DeliveryMode.FANOUT.value
-    if mode not in {m.value for m in DeliveryMode}:
+    for command in types:
+        problem = f"eventTypes entry {command!r} is not a valid command"
+        _matching(_EVENT_TYPE, "eventTypes", command, problem)
+    mode = _text(body, SUBSCRIBE, "deliveryMode") or DeliveryMode.FANOUT.value
+    if mode not in SUBSCRIBE["deliveryMode"].enum:
         raise Invalid(
             f"deliveryMode must be one of fanout, group, hash, got {mode!r}", field="deliveryMode"
         )
     return NewSubscription(
         callback_url=url,
         event_types=tuple(types),
-        ttl_seconds=_int(body, "ttlSeconds", -(2**31), 2**31 - 1),
+        ttl_seconds=_int(body, SUBSCRIBE, "ttlSeconds"),
         delivery_mode=DeliveryMode(mode),
-        group_id=_text(body, "groupId", max_len=128),
-        min_interval_seconds=_number(body, "minIntervalSeconds", 0, 86_400),
+        group_id=_text(body, SUBSCRIBE, "groupId"),
+        min_interval_seconds=_number(body, SUBSCRIBE, "minIntervalSeconds"),
     )
 
 
 def parse_subscription_ttl(body: Body) -> int | None:
-    return _int(body, "ttlSeconds", -(2**31), 2**31 - 1)
+    return _int(body, SUBSCRIPTION_HEARTBEAT, "ttlSeconds")
 
 
 def subscription_to_wire(sub: Subscription) -> dict[str, Any]:
@@ -648,7 +956,7 @@ def parse_result_wait(query: Mapping[str, str], warnings: list[str] | None = Non
 
 
 def parse_callbacks_limit(query: Mapping[str, str]) -> int:
-    return _query_int(query, "limit", 1, MAX_DLQ_PAGE) or 100
+    return _query_int(query, CALLBACKS_QUERY, "limit") or 100
 
 
 def callback_to_wire(callback: Callback) -> dict[str, Any]:
@@ -668,12 +976,16 @@ def callback_to_wire(callback: Callback) -> dict[str, Any]:
 # ------------------------------------------------------------ batches
 
 
-def _batch_items(body: Body, name: str) -> list[Any]:
+def _batch_items(body: Body, shape: Shape, name: str) -> list[Any]:
+    spec = shape[name]
     items = body.get(name)
     if not isinstance(items, list):
         raise Invalid(f"{name} must be a list", field=name)
-    if not 1 <= len(items) <= MAX_BATCH:
-        raise Invalid(f"{name} must hold 1 to {MAX_BATCH} items, got {len(items)}", field=name)
+    if not spec.min_items <= len(items) <= (spec.max_length or MAX_BATCH):
+        raise Invalid(
+            f"{name} must hold {spec.min_items} to {spec.max_length} items, got {len(items)}",
+            field=name,
+        )
     return items
 
 
@@ -699,24 +1011,25 @@ def batch_unknown_fields(body: Body, name: str, known: frozenset[str]) -> list[s
 
 def parse_batch_create(body: Body) -> list[NewTask | Invalid]:
     """The create bodies of POST /tasks/batch; a bad item is its own Invalid."""
-    items = _batch_items(body, "tasks")
+    items = _batch_items(body, BATCH_CREATE, "tasks")
     return [_item(parse_create, raw, i) for i, raw in enumerate(items)]
 
 
 def parse_batch_claim(body: Body) -> tuple[ClaimRequest, int]:
-    count = _int(body, "count", 1, MAX_BATCH)
+    count = _int(body, BATCH_CLAIM, "count")
     return parse_claim(body), 1 if count is None else count
 
 
 def _result_item(raw: Body) -> tuple[str, str | None, ResultSubmission]:
-    task_id = _text(raw, "taskId", max_len=64, required=True)
-    assert task_id is not None
+    task_id = _text(raw, BATCH_RESULT_ITEM, "taskId")
+    problem = "invalid task id: at most 64 letters, digits, '.', '_', '~' or '-'"
+    task_id = _matching(BATCH_RESULT_ITEM["taskId"], "taskId", task_id, problem)
     return task_id, parse_lease_token(raw, None), parse_result(raw)
 
 
 def parse_batch_results(body: Body) -> list[tuple[str, str | None, ResultSubmission] | Invalid]:
     """The items of POST /tasks/batch/results; a bad item is its own Invalid."""
-    items = _batch_items(body, "results")
+    items = _batch_items(body, BATCH_RESULTS, "results")
     return [_item(_result_item, raw, i) for i, raw in enumerate(items)]
 
 
