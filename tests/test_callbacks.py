@@ -335,6 +335,8 @@ async def test_callback_retried_after_failures_then_delivered_exactly_once(
     daemon = await start_daemon(**FAST, result_webhook_max_attempts=5)
     api = Api(http, daemon.url)
     before = {o: deliveries(o) for o in ("success", outcome)}
+    labels = {"kind": "task_result", "command": "A", "outcome": "success"}
+    before_a = REGISTRY.get_sample_value("codeq_webhook_deliveries_total", labels) or 0.0
     await api.create("A", webhook=receiver.url())
     await complete(api)
 
@@ -345,6 +347,9 @@ async def test_callback_retried_after_failures_then_delivered_exactly_once(
     assert Counter(r.callback_id for r in receiver.delivered()).most_common(1)[0][1] == 1
     assert deliveries(outcome) - before[outcome] == 2
     assert deliveries("success") - before["success"] == 1
+    # codeQ's labels: kind task_result, the task's command, the outcome
+    after_a = REGISTRY.get_sample_value("codeq_webhook_deliveries_total", labels)
+    assert after_a == before_a + 1
 
 
 async def test_receiver_down_past_every_attempt_abandons_the_callback(
