@@ -42,3 +42,13 @@ async def test_values_the_document_refuses_are_refused(api: Api, field: str, val
     status, data, _ = await api.call("POST", "/v1/codeq/tasks", "producer", body)
     assert status == 400, data
     assert data["field"] == field
+
+
+async def test_a_body_of_blanks_is_malformed(api: Api) -> None:
+    """Blanks alone are not JSON: a 400 (no body at all still reads as {})."""
+    path = "/v1/codeq/tasks/claim"
+    headers = api.headers("worker") | {"Content-Type": "application/json"}
+    async with api.http.post(api.base + path, data=b"\n", headers=headers) as resp:
+        assert resp.status == 400, await resp.text()
+    async with api.http.post(api.base + path, data=b"", headers=headers) as resp:
+        assert resp.status == 204, await resp.text()
