@@ -50,7 +50,7 @@ def require_admin(who: Principal) -> None:
 
 def check_command(command: str) -> str:
     """A command name from a URL path, checked like a create's `command`."""
-    if not COMMAND_RE.match(command):
+    if not COMMAND_RE.fullmatch(command):
         raise Invalid("command may only contain letters, digits and _ . : -", field="command")
     return command
 
@@ -149,6 +149,7 @@ class Admin:
         `limit` tasks when a filter is selective; the listing ends when the next
         cursor is None."""
         require_admin(who)
+        check_command(command)
         now = _now_ms()
         lo = 0 if query.newer_than_seconds is None else now - query.newer_than_seconds * 1000
         hi = None if query.older_than_seconds is None else now - query.older_than_seconds * 1000
@@ -174,7 +175,7 @@ class Admin:
         require_admin(who)
         check_command(command)
         for task_id in req.ids:
-            if not TASK_ID_RE.match(task_id):
+            if not TASK_ID_RE.fullmatch(task_id):
                 raise Invalid(f"ids: invalid task id {task_id!r}", field="ids")
         run = _Redrive(self, keys.tenant_tag(who.tenant), command, who.subject, req)
         if req.ids:

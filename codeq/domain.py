@@ -34,12 +34,12 @@ TRACEPARENT_RE = re.compile(
 )
 # tracestate: up to 32 comma-separated key=value members; a key is a simple key or
 # tenant@system, a value printable ASCII without ',' and '=' not ending in a space.
-_TRACESTATE_MEMBER = re.compile(
+TRACESTATE_MEMBER_RE = re.compile(
     r"^(?:[a-z][_0-9a-z*/-]{0,255}|[a-z0-9][_0-9a-z*/-]{0,240}@[a-z][_0-9a-z*/-]{0,13})"
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]$"
 )
 MAX_TRACESTATE = 512
-MAX_TRACESTATE_MEMBERS = 32
+MAXTRACESTATE_MEMBER_RES = 32
 
 
 def trace_parent_problem(value: str) -> str | None:
@@ -55,9 +55,9 @@ def trace_state_problem(value: str) -> str | None:
         return f"must be at most {MAX_TRACESTATE} characters"
     members = [m.strip(" \t") for m in value.split(",")]
     members = [m for m in members if m]
-    if len(members) > MAX_TRACESTATE_MEMBERS:
-        return f"must have at most {MAX_TRACESTATE_MEMBERS} members"
-    if not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+    if len(members) > MAXTRACESTATE_MEMBER_RES:
+        return f"must have at most {MAXTRACESTATE_MEMBER_RES} members"
+    if not all(TRACESTATE_MEMBER_RE.fullmatch(m) for m in members):
         return "must be a W3C tracestate (comma-separated key=value, printable ASCII)"
     return None
 
@@ -405,6 +405,17 @@ class Subscription:
     expires_at_ms: int
     created_at_ms: int
     worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredLease:
+    """A lease the reaper found expired, and what became of its task."""
+
+    command: str
+    task_id: str
+    worker_id: str
+    attempt: int
+    outcome: str  # requeued | delayed | dead_lettered | cancelled
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -79,3 +80,30 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     # The store client's debug chatter (per connection) is noise even at debug.
     logging.getLogger("redis").setLevel(max(numeric, logging.INFO))
+
+
+class LogBudget:
+    """At most `per_minute` lines of one kind a minute: `allow()` says whether this
+    one may be written, and `suppressed()` how many were left out before it (to be
+    named on the next line written), so a burst costs a few lines, not thousands."""
+
+    def __init__(self, per_minute: int = 60) -> None:
+        self.per_minute = per_minute
+        self._window_start = 0.0
+        self._written = 0
+        self._left_out = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        if now - self._window_start >= 60.0:
+            self._window_start, self._written = now, 0
+        if self._written < self.per_minute:
+            self._written += 1
+            return True
+        self._left_out += 1
+        return False
+
+    def suppressed(self) -> int:
+        """How many lines were left out since the last one written (and resets it)."""
+        left_out, self._left_out = self._left_out, 0
+        return left_out

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar, cast
 
+import structlog
+
 from codeq import metrics
 from codeq.admin import Admin
 from codeq.artifacts import ArtifactStore, Staged
@@ -37,6 +39,7 @@ from codeq.domain import (
     RetryPolicy,
     Task,
 )
+from codeq.observability import LogBudget
 from codeq.store import keys
 from codeq.store.store import NewTaskRow, Recorded
 from codeq.subscriptions import Subscriptions, SubscriptionSettings
@@ -69,6 +72,9 @@ class ServiceSettings:
     subscriptions: SubscriptionSettings = field(default_factory=SubscriptionSettings)
 
 
+log = structlog.get_logger("codeq.service")
+
+
 class Service:
     """The operations of codeq, independent of any transport."""
 
@@ -93,6 +99,7 @@ class Service:
         self.dispatcher = dispatcher
         self.artifacts = artifacts
         self.draining = False
+        self._dead_letter_lines = LogBudget(per_minute=60)
         self._result_waiters: dict[str, set[asyncio.Event]] = {}
         self.subscriptions = Subscriptions(store, self.guard, settings.subscriptions)
         self.admin = Admin(
@@ -354,6 +361,15 @@ class Service:
         if outcome.dead_lettered:
             self._ended(task_id)
             _count_finished(outcome.command, "FAILED", outcome.created_at_ms, now)
+            if self._dead_letter_lines.allow():
+                log.warning(
+                    "task dead-lettered",
+                    task_id=task_id,
+                    command=outcome.command,
+                    worker=who.subject,
+                    reason=reason or "nack past maxAttempts",
+                    not_logged_before=self._dead_letter_lines.suppressed() or None,
+                )
             if self.dispatcher is not None:
                 self.dispatcher.callback_queued()
         if not outcome.dead_lettered and not outcome.cancelled:
@@ -480,11 +496,11 @@ class Service:
     def _tag_for(who: Principal, task_id: str) -> str:
         """The caller's tenant tag, if the task ID routes there; another tenant's
         task is simply not found, so its existence does not leak."""
-        if not OPAQUE_ID_RE.match(task_id):
+        if not OPAQUE_ID_RE.fullmatch(task_id):
             raise Invalid(
                 "invalid task id: at most 64 letters, digits, '.', '_', '~' or '-'", field="id"
             )
-        if not TASK_ID_RE.match(task_id):  # not one codeq minted (a UUID, say)
+        if not TASK_ID_RE.fullmatch(task_id):  # not one codeq minted (a UUID, say)
             raise NotFound("task not found")
         tag = keys.tenant_tag(who.tenant)
         if keys.tag_of(task_id) != tag:

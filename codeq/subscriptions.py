@@ -132,7 +132,7 @@ class Subscriptions:
             if command == ALL:
                 if ALL not in who.event_types:
                     raise Forbidden("eventTypes '*' needs a token whose eventTypes are '*'")
-            elif not COMMAND_RE.match(command):
+            elif not COMMAND_RE.fullmatch(command):
                 raise Invalid(
                     f"eventTypes entry {command!r} is not a valid command", field="eventTypes"
                 )
@@ -168,7 +168,7 @@ class Subscriptions:
     @staticmethod
     def _tag_for(who: Principal, subscription_id: str) -> str:
         """Another tenant's subscription is simply not found."""
-        if not TASK_ID_RE.match(subscription_id):
+        if not TASK_ID_RE.fullmatch(subscription_id):
             raise Invalid("invalid subscription id", field="id")
         tag = keys.tenant_tag(who.tenant)
         if keys.tag_of(subscription_id) != tag:

@@ -19,7 +19,6 @@ import orjson
 
 from codeq.artifacts import NAME_RE as ARTIFACT_NAME_RE
 from codeq.config import WEEK_SECONDS
-from codeq.domain import _TRACESTATE_MEMBER as TRACESTATE_MEMBER_RE
 from codeq.domain import (
     COMMAND_RE,
     MAX_DELAY_SECONDS,
@@ -30,6 +29,7 @@ from codeq.domain import (
     OPAQUE_ID_RE,
     TASK_ID_RE,
     TRACEPARENT_RE,
+    TRACESTATE_MEMBER_RE,
     Artifact,
     Callback,
     ClaimRequest,
@@ -212,7 +212,11 @@ CREATE = Shape(
 CLAIM = Shape(
     {
         "commands": Field(
-            "array", max_length=100, items=_COMMAND, description="default: all the token allows"
+            "array",
+            max_length=100,
+            min_items=1,
+            items=_COMMAND,
+            description="omitted: all the token allows (an empty list is refused)",
         ),
         "leaseSeconds": Field("integer", 1, MAX_LEASE_SECONDS, description="default 300"),
         "waitSeconds": Field(
@@ -569,10 +573,21 @@ def parse_create(body: Body) -> NewTask:
     )
 
 
-def parse_claim(body: Body, warnings: list[str] | None = None) -> ClaimRequest:
+def parse_claim(
+    body: Body, warnings: list[str] | None = None, *, empty_means_all: bool = False
+) -> ClaimRequest:
     """A claim; a waitSeconds outside 0..30 is clamped as codeQ does (≤ 0: no wait),
-    and the clamp named in `warnings`."""
-    commands = body.get("commands", [])
+    and the clamp named in `warnings`. `commands` omitted (or null) claims every
+    command the token allows; an explicit empty list is refused, as it reads like
+    "nothing" and would claim everything (`empty_means_all`: a stream's ready frame,
+    where [] has always meant every command)."""
+    commands = body.get("commands")
+    if commands == [] and CLAIM["commands"].min_items and not empty_means_all:
+        raise Invalid(
+            "commands must name at least one command"
+            " (omit it to claim every command the token allows)",
+            field="commands",
+        )
     if commands is None:
         commands = []
     if not isinstance(commands, list) or not all(isinstance(c, str) and c for c in commands):

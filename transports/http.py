@@ -184,9 +184,13 @@ def _bind_task(task: Task) -> None:
     structlog.contextvars.bind_contextvars(command=task.command, task_id=task.id)
 
 
-async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
+async def _body(
+    request: web.Request, known: frozenset[str], who: Principal | None = None
+) -> dict[str, Any]:
     """The JSON body; unknown fields are ignored, as codeQ does, but named back in
-    an X-CodeQ-Warning header so a typo does not pass unnoticed."""
+    an X-CodeQ-Warning header so a typo does not pass unnoticed -- and, given `who`
+    (claims, where a typo like `command` claims every command), logged once per
+    caller and field set."""
     try:
         async with asyncio.timeout(request.app[CTX].config.http_body_timeout_seconds):
             raw = await request.read()
@@ -196,7 +200,28 @@ async def _body(request: web.Request, known: frozenset[str]) -> dict[str, Any]:
     unknown = wire.unknown_fields(body, known)
     if unknown:
         _warn(request, "unknown fields ignored: " + ", ".join(unknown))
+        if who is not None:
+            _log_once_per_caller(request, who, unknown)
     return body
+
+
+_LOGGED_CALLERS: set[tuple[str, str, str, tuple[str, ...]]] = set()
+_MAX_LOGGED_CALLERS = 10_000  # then the set starts over: bounded memory, rare repeats
+
+
+def _log_once_per_caller(request: web.Request, who: Principal, unknown: list[str]) -> None:
+    resource = request.match_info.route.resource
+    key = (who.tenant, who.subject, resource.canonical if resource else "", tuple(unknown))
+    if key in _LOGGED_CALLERS:
+        return
+    if len(_LOGGED_CALLERS) >= _MAX_LOGGED_CALLERS:
+        _LOGGED_CALLERS.clear()
+    _LOGGED_CALLERS.add(key)
+    log.warning(
+        "unknown fields ignored",
+        fields=[ascii(name)[1:-1] for name in unknown],
+        route=key[2],
+    )
 
 
 def _respond(request: web.Request, body: Any, status: int = 200) -> web.Response:
@@ -241,7 +266,7 @@ async def claim_task(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.worker)
     warnings: list[str] = []
-    req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS), warnings)
+    req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS, who), warnings)
     _add_warnings(request, warnings)
     task = await ctx.service.claim(who, req)
     if task is not None:
@@ -386,7 +411,7 @@ async def claim_batch(request: web.Request) -> web.StreamResponse:
     least one is ready; 204 when none came."""
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.worker)
-    req, count = wire.parse_batch_claim(await _body(request, wire.BATCH_CLAIM_FIELDS))
+    req, count = wire.parse_batch_claim(await _body(request, wire.BATCH_CLAIM_FIELDS, who))
     tasks = await ctx.service.claim_many(who, req, count)
     if not tasks:
         response = web.Response(status=204)
@@ -598,7 +623,8 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/abandon", abandon)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/nack", nack)
     app.router.add_post(f"{PREFIX}/tasks/{{id}}/result", submit_result)
-    app.router.add_get(f"{PREFIX}/tasks/{{id}}", get_task)
+    # /tasks/claim and /tasks/batch are POST-only paths, not ids: a GET there is 405
+    app.router.add_get(f"{PREFIX}/tasks/{{id:(?!claim$|batch$)[^/]+}}", get_task)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/result", get_result)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/history", get_history)
     app.router.add_get(f"{PREFIX}/tasks/{{id}}/artifacts/{{name}}", get_artifact)

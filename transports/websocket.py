@@ -464,7 +464,8 @@ class WorkerStream(Stream):
     async def _on_ready(self, frame: dict[str, Any], correlation: str | int | None) -> None:
         warning = _warning(frame, READY_FIELDS)
         request = wire.parse_claim(
-            {k: frame[k] for k in ("commands", "leaseSeconds") if k in frame}
+            {k: frame[k] for k in ("commands", "leaseSeconds") if k in frame},
+            empty_means_all=True,
         )
         added = _credits(frame, self.max_credits)
         if "commands" in frame or not self._ready:

@@ -20,6 +20,7 @@ Layout (``P`` = ``cq:{tag}:``)::
     P dl:<command>           zset     delayed task IDs by visible time (ms)
     P dlq:<command>          zset     dead-lettered task IDs by time (ms)
     P ret                    zset     terminal task IDs by terminal time (retention)
+    P end:<command>:<status> zset     terminal task IDs of a command and status by terminal time
     P idem:<sha256(key)>     string   idempotency key -> task ID, with a TTL
     P sub:<id>               hash     a worker subscription (webhook for "work available")
     P subs                   zset     subscription IDs by expiry (ms): the cleaner's index
@@ -119,6 +120,11 @@ def paused(tag: str) -> str:
 
 def retention(tag: str) -> str:
     return f"{prefix(tag)}ret"
+
+
+def ended(tag: str, command: str, status: str) -> str:
+    """The tasks of a command that ended with `status` (COMPLETED, FAILED, CANCELLED)."""
+    return f"{prefix(tag)}end:{command}:{status}"
 
 
 def meta(tag: str) -> str:

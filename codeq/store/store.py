@@ -25,6 +25,7 @@ from codeq.domain import (
     DeliveryMode,
     DlqPage,
     DlqPosition,
+    ExpiredLease,
     Forbidden,
     HistoryEntry,
     Invalid,
@@ -534,9 +535,9 @@ class Store:
 
     async def reap(
         self, tag: str, *, now_ms: int, batch: int, retry: RetryPolicy
-    ) -> tuple[list[str], int | None]:
-        """Retries or dead-letters expired leases; returns the commands of the tasks
-        it requeued and the next lease expiry (ms) in the tenant."""
+    ) -> tuple[list[ExpiredLease], int | None]:
+        """Retries or dead-letters expired leases; returns what became of each and
+        the next lease expiry (ms) in the tenant."""
         reply = await self._call(
             "reap",
             tag,
@@ -549,7 +550,12 @@ class Store:
             self._history_limit,
             self.origin,
         )
-        return list(reply[2:]), (int(reply[1]) if int(reply[1]) >= 0 else None)
+        fields = reply[2:]  # five per expired lease
+        expired = [
+            ExpiredLease(fields[k], fields[k + 1], fields[k + 2], int(fields[k + 3]), fields[k + 4])
+            for k in range(0, len(fields), 5)
+        ]
+        return expired, (int(reply[1]) if int(reply[1]) >= 0 else None)
 
     async def move_due(self, tag: str, *, now_ms: int, batch: int) -> tuple[list[str], int | None]:
         """Makes due delayed tasks ready; returns their commands and the next due time."""

@@ -1,8 +1,8 @@
 -- cleanup: retention. Deletes terminal tasks (COMPLETED, FAILED, CANCELLED) whose
 -- terminal time is before a cutoff, oldest first: the record, result, timeline,
--- idempotency key and DLQ entry. Live tasks are never touched: an index entry whose
--- task is no longer terminal (it was redriven) just leaves the index. Idempotent, so
--- any number of replicas may run it at once.
+-- idempotency key, DLQ entry and ended-index entry. Live tasks are never touched: an
+-- index entry whose task is no longer terminal (it was redriven) just leaves the
+-- index. Idempotent, so any number of replicas may run it at once.
 -- KEYS[1] tenant prefix
 -- ARGV  1 cutoff ms (exclusive)  2 most index entries to look at
 -- Returns {tasks deleted, 1 if more entries may be past the cutoff else 0}.
@@ -15,6 +15,7 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', K_RET, id)
   if f[1] == 'COMPLETED' or f[1] == 'FAILED' or f[1] == 'CANCELLED' then
     redis.call('ZREM', k_dlq(f[2]), id)
+    redis.call('ZREM', k_ended(f[2], f[1]), id)
     delete_task(id, key, f[3])
     deleted = deleted + 1
   elseif not f[1] then

@@ -9,6 +9,7 @@ local function k_ready(cmd, tier) return P .. 'q:' .. cmd .. ':' .. tier end
 local function k_inprog(cmd) return P .. 'ip:' .. cmd end
 local function k_delayed(cmd) return P .. 'dl:' .. cmd end
 local function k_dlq(cmd) return P .. 'dlq:' .. cmd end
+local function k_ended(cmd, status) return P .. 'end:' .. cmd .. ':' .. status end
 local function k_idem(digest) return P .. 'idem:' .. digest end
 local function k_sub(id) return P .. 'sub:' .. id end
 local function k_subs_of(cmd) return P .. 'subs:' .. cmd end
@@ -135,9 +136,25 @@ local function check_lease(key, worker, token)
   return lease_problem(redis.call('HMGET', key, 'status', 'workerId', 'leaseToken'), worker, token)
 end
 
+-- Ends an IN_PROGRESS task with its result (COMPLETED or FAILED): stores the result,
+-- clears the lease, sets the status, indexes the end (retention, and the command's
+-- ended tasks of that status), adds the `event` timeline entry and queues the result
+-- callback when the task has a webhook. `f` holds the task's {webhook, command,
+-- traceParent}. Returns 1 when a callback was queued else 0.
+local function end_with_result(id, key, now, status, record, err, event, detail, limit, f)
+  redis.call('ZREM', k_inprog(f[2]), id)
+  redis.call('HSET', key, 'status', status, 'error', err, 'leaseUntil', '', 'leaseToken', '',
+    'updatedAt', now, 'completedAt', now)
+  redis.call('SET', k_result(id), record)
+  redis.call('ZADD', K_RET, now, id)
+  redis.call('ZADD', k_ended(f[2], status), now, id)
+  if err ~= '' then detail['error'] = err end
+  history(id, now, event, detail, limit)
+  return enqueue_callback(id, key, now, record, f) and 1 or 0
+end
+
 -- Records a task's terminal outcome, exactly once (result and result_batch): the
--- caller must hold the lease; stores the result, clears the lease, sets the status and
--- queues the result callback when the task has a webhook.
+-- caller must hold the lease; then as end_with_result.
 -- Returns {'ok', 1 when a callback was queued else 0, command, createdAt ms} | {code}.
 local function record_result(id, now, worker, token, status, record, err, limit)
   local key = k_task(id)
@@ -147,15 +164,8 @@ local function record_result(id, now, worker, token, status, record, err, limit)
   local problem = lease_problem(task, worker, token)
   if problem then return {problem} end
   if task[4] == '1' then return {'cancelled'} end
-  redis.call('ZREM', k_inprog(task[5]), id)
-  redis.call('HSET', key, 'status', status, 'error', err, 'leaseUntil', '', 'leaseToken', '',
-    'updatedAt', now, 'completedAt', now)
-  redis.call('SET', k_result(id), record)
-  redis.call('ZADD', K_RET, now, id)
-  local detail = {worker = worker}
-  if err ~= '' then detail['error'] = err end
-  history(id, now, string.lower(status), detail, limit)
-  local queued = enqueue_callback(id, key, now, record, {task[7], task[5], task[8]}) and 1 or 0
+  local queued = end_with_result(id, key, now, status, record, err, string.lower(status),
+    {worker = worker}, limit, {task[7], task[5], task[8]})
   return {'ok', queued, task[5], task[6]}
 end
 
@@ -186,6 +196,7 @@ local function dead_letter(id, key, cmd, now, reason, limit)
     'leaseUntil', '', 'leaseToken', '')
   redis.call('ZADD', k_dlq(cmd), now, id)
   redis.call('ZADD', K_RET, now, id)
+  redis.call('ZADD', k_ended(cmd, 'FAILED'), now, id)
   history(id, now, 'dead_lettered', {reason = reason}, limit)
   enqueue_callback(id, key, now, cjson.encode({taskId = id, status = 'FAILED',
     error = 'MAX_ATTEMPTS', completedAt = now, deadLettered = true}))
@@ -213,13 +224,14 @@ local function retry_or_dead_letter(id, key, cmd, now, delay, reason, limit, ori
 end
 
 -- Ends a task as CANCELLED: out of the lease and delay sets, terminal (retention
--- index), with a `cancelled` timeline entry saying who and how.
+-- index, ended index), with a `cancelled` timeline entry saying who and how.
 local function finish_cancelled(id, key, cmd, now, detail, limit)
   redis.call('ZREM', k_inprog(cmd), id)
   redis.call('ZREM', k_delayed(cmd), id)
   redis.call('HSET', key, 'status', 'CANCELLED', 'leaseUntil', '', 'leaseToken', '',
     'updatedAt', now, 'completedAt', now)
   redis.call('ZADD', K_RET, now, id)
+  redis.call('ZADD', k_ended(cmd, 'CANCELLED'), now, id)
   history(id, now, 'cancelled', detail, limit)
 end
 

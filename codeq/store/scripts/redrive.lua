@@ -1,7 +1,7 @@
 -- redrive: moves dead-lettered tasks of one command back to ready (their priority
 -- tier): PENDING, attempts 0, error cleared, redriveCount + 1, out of the retention
--- index, and a `redriven` timeline entry keeping the lineage (previous error and
--- attempts, redrive count, who). A dry run only reports what would move.
+-- and ended indexes, and a `redriven` timeline entry keeping the lineage (previous
+-- error and attempts, redrive count, who). A dry run only reports what would move.
 -- KEYS[1] tenant prefix
 -- ARGV  1 command  2 now ms  3 dry run (1|0)  4 by (admin identity)  5 history limit
 --       6 origin  7 mode: 'ids' or 'scan'
@@ -42,6 +42,7 @@ for _, id in ipairs(candidates) do
       local count = (tonumber(f[5]) or 0) + 1
       redis.call('ZREM', dlq, id)
       redis.call('ZREM', K_RET, id)
+      redis.call('ZREM', k_ended(cmd, 'FAILED'), id)
       redis.call('HSET', key, 'status', 'PENDING', 'attempts', 0, 'error', '', 'lastError', '',
         'retryReason', '', 'workerId', '', 'leaseUntil', '', 'leaseToken', '', 'updatedAt', now,
         'redriveCount', count)

@@ -1,0 +1,94 @@
+"""Operator ergonomics (issue 16): a claim cannot claim everything by accident, an
+expired lease and a dead-lettering say so in the log (rate-bounded)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from conftest import Api, RunningDaemon, wait_for
+from structlog.testing import capture_logs
+
+from codeq.observability import LogBudget
+
+TASKS = "/v1/codeq/tasks"
+
+
+def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+async def test_an_empty_commands_list_is_400_and_claims_nothing(api: Api) -> None:
+    """`"commands": []` reads like "nothing" but used to claim every command the
+    token allows: a 400 naming the field, on claim and batch claim; nothing leased.
+    Omitting the field still claims every command."""
+    task = await api.create("EMPTY")
+    for path, body in (
+        (f"{TASKS}/claim", {"commands": []}),
+        (f"{TASKS}/claim/batch", {"commands": [], "count": 5}),
+    ):
+        status, answer, _ = await api.call("POST", path, "worker", body)
+        assert (status, answer["field"]) == (400, "commands"), answer
+        assert "at least one command" in answer["error"]
+    status, stored, _ = await api.call("GET", f"{TASKS}/{task['id']}", "producer")
+    assert stored["status"] == "PENDING"
+    claimed = await api.claim()
+    assert claimed is not None and claimed["id"] == task["id"]
+
+
+async def test_an_unknown_claim_field_is_logged_once_per_caller(api: Api) -> None:
+    """The typo `command` (for `commands`) claims every command: besides the
+    X-CodeQ-Warning header, it is logged -- once per caller, not per request."""
+    typo = f"command_{secrets.token_hex(4)}"  # a caller and field set of this test's own
+    with capture_logs() as logs:
+        for _ in range(3):
+            status, _, headers = await api.call(
+                "POST", f"{TASKS}/claim", "worker", {typo: ["X"], "waitSeconds": 0}
+            )
+            assert status == 204
+            assert headers["X-CodeQ-Warning"] == f"unknown fields ignored: {typo}"
+    [line] = events(logs, "unknown fields ignored")
+    assert line["fields"] == [typo] and line["log_level"] == "warning"
+
+
+async def test_expired_leases_and_dead_letters_are_logged(api: Api, daemon: RunningDaemon) -> None:
+    """The reaper used to be silent: an expired lease is one warning line (task id,
+    command, worker, attempt, what became of it), and so is a dead-lettering nack."""
+    retried = await api.create("REAP")
+    doomed = await api.create("REAP", maxAttempts=1)
+    with capture_logs() as logs:
+        for _ in range(2):
+            assert await api.claim(commands=["REAP"], leaseSeconds=1) is not None
+        await wait_for(lambda: len(events(logs, "lease expired")) == 2, timeout=10)
+        nacked = await api.create("NACKED", maxAttempts=1)
+        claimed = await api.claim(commands=["NACKED"])
+        status, outcome, _ = await api.call("POST", f"{TASKS}/{claimed['id']}/nack", "worker", {})
+        assert (status, outcome["status"]) == (200, "dlq")
+    lines = {line["task_id"]: line for line in events(logs, "lease expired")}
+    assert lines[retried["id"]]["outcome"] in ("requeued", "delayed")
+    assert lines[doomed["id"]]["outcome"] == "dead_lettered"
+    for line in lines.values():
+        assert (line["command"], line["attempt"], line["log_level"]) == ("REAP", 1, "warning")
+        assert line["worker"]
+    [dead] = events(logs, "task dead-lettered")
+    assert (dead["task_id"], dead["command"]) == (nacked["id"], "NACKED")
+
+
+def test_a_burst_of_lines_costs_a_bounded_number() -> None:
+    """LogBudget: at most `per_minute` lines a minute; the next line written says how
+    many were left out."""
+    budget = LogBudget(per_minute=3)
+    assert [budget.allow() for _ in range(5)] == [True, True, True, False, False]
+    assert budget.suppressed() == 2 and budget.suppressed() == 0
+
+
+async def test_post_only_paths_and_bad_command_paths(api: Api) -> None:
+    """GET on the POST-only /tasks/claim and /tasks/batch is a 405 naming POST (it
+    used to look up a task called "claim"); a command path with a trailing newline
+    is a 400, also for the DLQ listing."""
+    for path in (f"{TASKS}/claim", f"{TASKS}/batch"):
+        status, _, headers = await api.call("GET", path, "worker")
+        assert status == 405 and headers["Allow"] == "POST", path
+    for path in ("/v1/codeq/admin/queues/A%0A/dlq", "/v1/codeq/admin/queues/a%20b/dlq"):
+        status, answer, _ = await api.call("GET", path, "admin")
+        assert (status, answer["field"]) == (400, "command"), answer
