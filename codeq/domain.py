@@ -9,6 +9,8 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 MAX_PRIORITY = 9
 MAX_WAIT_SECONDS = 30
 MAX_LEASE_SECONDS = 86_400
@@ -344,6 +346,37 @@ class DlqPage:
     next_cursor: DlqPosition | None
 
 
+class TaskState(StrEnum):
+    """Where a task stands, as a task listing selects it: finer than Status (a PENDING
+    task is ready or delayed; a dead-lettered task is one of the FAILED)."""
+
+    READY = "ready"
+    DELAYED = "delayed"
+    IN_PROGRESS = "in_progress"
+    DLQ = "dlq"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskListQuery:
+    """Which tasks of a command to list: those in `state`, after `cursor` (a place in
+    the state's index, ordered as DlqPosition: score, then task ID)."""
+
+    state: TaskState
+    limit: int = 100
+    cursor: DlqPosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of a task listing; `next_cursor` is None at the end."""
+
+    tasks: list[Task]
+    next_cursor: DlqPosition | None
+
+
 @dataclass(frozen=True, slots=True)
 class RedriveRequest:
     """Which dead-lettered tasks to move back to ready: the named `ids`, or up to
@@ -436,6 +469,23 @@ class Callback:
     abandoned_at_ms: int | None = None
     # Why the stored record cannot be delivered (damaged fields); None when it can.
     damaged: str | None = None
+
+
+def replay_differences(new: NewTask, task: Task) -> list[str]:
+    """The fields in which a create that replayed an idempotency key asked for
+    something else than the task it got back (payloads compared as JSON values)."""
+    differ = []
+    if new.command != task.command:
+        differ.append("command")
+    if new.payload != task.payload and orjson.loads(new.payload) != orjson.loads(task.payload):
+        differ.append("payload")
+    if clamp_priority(new.priority) != task.priority:
+        differ.append("priority")
+    if new.max_attempts is not None and new.max_attempts != task.max_attempts:
+        differ.append("maxAttempts")
+    if (new.webhook or None) != (task.webhook or None):
+        differ.append("webhook")
+    return differ
 
 
 def clamp_priority(priority: int) -> int:

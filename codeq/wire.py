@@ -56,11 +56,15 @@ from codeq.domain import (
     Status,
     Subscription,
     Task,
+    TaskListQuery,
+    TaskPage,
+    TaskState,
     TooLarge,
     TooManyRequests,
     Unauthenticated,
     Unavailable,
     clamp_priority,
+    replay_differences,
     rfc3339,
     trace_parent_problem,
     trace_state_problem,
@@ -351,6 +355,19 @@ DLQ_QUERY = Shape(
     }
 )
 CALLBACKS_QUERY = Shape({"limit": Field("integer", 1, MAX_DLQ_PAGE, description="default 100")})
+TASK_LIST_QUERY = Shape(
+    {
+        "status": Field(
+            "string",
+            enum=tuple(state.value for state in TaskState),
+            required=True,
+            description="which tasks to list",
+        ),
+        "cursor": DLQ_QUERY["cursor"],
+        "limit": Field("integer", 1, MAX_DLQ_PAGE, description="default 100"),
+    }
+)
+END_LEASE = Shape({"reason": replace(_REASON, description="kept in the task's history")})
 RESULT_QUERY = Shape(
     {
         "waitSeconds": Field(
@@ -396,6 +413,8 @@ CANCEL_FIELDS = CANCEL.names
 CLEANUP_FIELDS = CLEANUP.names
 REDRIVE_FIELDS = REDRIVE.names
 DLQ_QUERY_FIELDS = DLQ_QUERY.names
+TASK_LIST_QUERY_FIELDS = TASK_LIST_QUERY.names
+END_LEASE_FIELDS = END_LEASE.names
 SUBSCRIBE_FIELDS = SUBSCRIBE.names
 SUBSCRIPTION_HEARTBEAT_FIELDS = SUBSCRIPTION_HEARTBEAT.names
 CALLBACKS_QUERY_FIELDS = CALLBACKS_QUERY.names
@@ -733,6 +752,24 @@ def task_to_wire(task: Task, *, with_lease_token: bool = False) -> dict[str, Any
     return wire
 
 
+def created_item(new: NewTask, task: Task, created: bool) -> dict[str, Any]:
+    """A batch item's answer: the task, marked when it was an idempotent replay, with
+    a warning when the replayed create asked for something else."""
+    item: dict[str, Any] = {"task": task_to_wire(task)}
+    if not created:
+        item["idempotentReplay"] = True
+        if differ := replay_differences(new, task):
+            item["warning"] = replay_warning(differ)
+    return item
+
+
+def replay_warning(differ: list[str]) -> str:
+    return (
+        f"idempotencyKey already names a task with another {', '.join(differ)};"
+        " that task is returned, unchanged"
+    )
+
+
 def result_to_wire(result: Result) -> dict[str, Any]:
     return {
         "taskId": result.task_id,
@@ -890,6 +927,38 @@ def dlq_page_to_wire(page: DlqPage) -> dict[str, Any]:
         "tasks": [dead_letter_to_wire(item) for item in page.items],
         "nextCursor": encode_cursor(page.next_cursor),
     }
+
+
+def parse_task_list_query(query: Mapping[str, str]) -> TaskListQuery:
+    """The query string of a task listing: status (required), cursor, limit (100, at
+    most 1000)."""
+    status = _text(query, TASK_LIST_QUERY, "status")
+    if status not in TASK_LIST_QUERY["status"].enum:
+        raise Invalid(
+            f"status must be one of {', '.join(TASK_LIST_QUERY['status'].enum)}, got {status!r}",
+            field="status",
+        )
+    limit = _query_int(query, TASK_LIST_QUERY, "limit")
+    cursor = query.get("cursor")
+    return TaskListQuery(
+        state=TaskState(status),
+        limit=100 if limit is None else limit,
+        cursor=decode_cursor(cursor) if cursor else None,
+    )
+
+
+def task_page_to_wire(command: str, state: TaskState, page: TaskPage) -> dict[str, Any]:
+    return {
+        "command": command,
+        "status": state.value,
+        "tasks": [task_to_wire(task) for task in page.tasks],
+        "nextCursor": encode_cursor(page.next_cursor),
+    }
+
+
+def parse_end_lease(body: Body) -> str:
+    """The optional reason of an admin requeue or fail."""
+    return _text(body, END_LEASE, "reason") or ""
 
 
 def redrive_to_wire(outcome: RedriveOutcome) -> dict[str, Any]:

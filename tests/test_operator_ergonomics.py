@@ -92,3 +92,28 @@ async def test_post_only_paths_and_bad_command_paths(api: Api) -> None:
     for path in ("/v1/codeq/admin/queues/A%0A/dlq", "/v1/codeq/admin/queues/a%20b/dlq"):
         status, answer, _ = await api.call("GET", path, "admin")
         assert (status, answer["field"]) == (400, "command"), answer
+
+
+async def test_idempotent_replays_are_marked_and_a_different_body_warned(api: Api) -> None:
+    """Reusing an idempotency key returns the first task, as before -- now marked
+    (`X-CodeQ-Idempotent-Replay: true`, `idempotentReplay` on batch items), with a
+    warning naming what a different body asked for."""
+    body = {"command": "IDEM", "payload": {"a": 1, "b": 2}, "idempotencyKey": "k-1"}
+    status, first, headers = await api.call("POST", TASKS, "producer", body)
+    assert status == 202 and "X-CodeQ-Idempotent-Replay" not in headers
+    same = {**body, "payload": {"b": 2, "a": 1}}  # the same JSON value
+    status, again, headers = await api.call("POST", TASKS, "producer", same)
+    assert (status, again["id"], headers["X-CodeQ-Idempotent-Replay"]) == (202, first["id"], "true")
+    assert "X-CodeQ-Warning" not in headers
+    other = {**body, "payload": {"a": 2}, "priority": 5}
+    status, replayed, headers = await api.call("POST", TASKS, "producer", other)
+    assert replayed["id"] == first["id"] and replayed["payload"] == first["payload"]
+    assert headers["X-CodeQ-Warning"] == (
+        "idempotencyKey already names a task with another payload, priority;"
+        " that task is returned, unchanged"
+    )
+    batch = {"tasks": [other, {"command": "IDEM", "payload": {}, "idempotencyKey": "k-2"}]}
+    status, answer, _ = await api.call("POST", f"{TASKS}/batch", "producer", batch)
+    replay, fresh = answer["results"]
+    assert replay["idempotentReplay"] is True and "payload" in replay["warning"]
+    assert "idempotentReplay" not in fresh and "warning" not in fresh

@@ -27,6 +27,7 @@ from codeq.domain import (
     Principal,
     Task,
     TooManyRequests,
+    replay_differences,
     rfc3339,
     trace_parent_problem,
     trace_state_problem,
@@ -244,9 +245,15 @@ async def create_task(request: web.Request) -> web.Response:
     new = wire.parse_create(body)
     if new.trace_parent is None and "traceparent" in request.headers:
         new = _with_trace(new, request)
-    task, _ = await ctx.service.create(who, new)
+    task, created = await ctx.service.create(who, new)
     _bind_task(task)
-    return _respond(request, wire.task_to_wire(task), 202)
+    if created:
+        return _respond(request, wire.task_to_wire(task), 202)
+    if differ := replay_differences(new, task):
+        _warn(request, wire.replay_warning(differ))
+    response = _respond(request, wire.task_to_wire(task), 202)
+    response.headers["X-CodeQ-Idempotent-Replay"] = "true"
+    return response
 
 
 def _with_trace(new: NewTask, request: web.Request) -> NewTask:
@@ -400,8 +407,8 @@ async def create_batch(request: web.Request) -> web.Response:
         await ctx.limiter.enforce(token, Scope.CREATE, cost=len(items))
     outcomes = await ctx.service.create_many(who, items)
     results = [
-        _error_item(o) if isinstance(o, CodeqError) else {"task": wire.task_to_wire(o[0])}
-        for o in outcomes
+        _error_item(o) if isinstance(o, CodeqError) else wire.created_item(item, *o)  # type: ignore[arg-type]
+        for item, o in zip(items, outcomes, strict=True)
     ]
     return _respond(request, {"results": results})
 
@@ -563,6 +570,38 @@ async def admin_redrive(request: web.Request) -> web.Response:
     return _respond(request, wire.redrive_to_wire(outcome))
 
 
+async def admin_tasks(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    unknown = wire.unknown_fields(request.query, wire.TASK_LIST_QUERY_FIELDS)
+    if unknown:
+        _warn(request, "unknown query parameters ignored: " + ", ".join(unknown))
+    query = wire.parse_task_list_query(request.query)
+    command = request.match_info["command"]
+    page = await ctx.service.admin.tasks(who, command, query)
+    return _respond(request, wire.task_page_to_wire(command, query.state, page))
+
+
+async def admin_requeue(request: web.Request) -> web.Response:
+    """The task back in line ("requeued"), or CANCELLED when its cancel was requested."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    reason = wire.parse_end_lease(await _body(request, wire.END_LEASE_FIELDS))
+    task, requeued = await ctx.service.admin.requeue(who, request.match_info["id"], reason)
+    _bind_task(task)
+    status = "requeued" if requeued else "cancelled"
+    return _respond(request, {"status": status, "task": wire.task_to_wire(task)})
+
+
+async def admin_fail(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    reason = wire.parse_end_lease(await _body(request, wire.END_LEASE_FIELDS))
+    task = await ctx.service.admin.fail(who, request.match_info["id"], reason)
+    _bind_task(task)
+    return _respond(request, {"status": "failed", "task": wire.task_to_wire(task)})
+
+
 async def admin_cleanup(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.anyone)
@@ -643,6 +682,9 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_post(f"{admin}/queues/{{command}}/purge", admin_purge)
     app.router.add_get(f"{admin}/queues/{{command}}/dlq", admin_dlq)
     app.router.add_post(f"{admin}/queues/{{command}}/dlq/redrive", admin_redrive)
+    app.router.add_get(f"{admin}/queues/{{command}}/tasks", admin_tasks)
+    app.router.add_post(f"{admin}/tasks/{{id}}/requeue", admin_requeue)
+    app.router.add_post(f"{admin}/tasks/{{id}}/fail", admin_fail)
     app.router.add_post(f"{admin}/tasks/cleanup", admin_cleanup)
     app.router.add_get(f"{admin}/callbacks", admin_callbacks)
     return app

@@ -274,8 +274,8 @@ class ProducerStream(Stream):
             await limiter.enforce(self._token, Scope.CREATE, cost=len(items))
         outcomes = await self.ctx.service.create_many(self.who, items)
         results = [
-            _error_item(o) if isinstance(o, CodeqError) else {"task": wire.task_to_wire(o[0])}
-            for o in outcomes
+            _error_item(o) if isinstance(o, CodeqError) else wire.created_item(item, *o)  # type: ignore[arg-type]
+            for item, o in zip(items, outcomes, strict=True)
         ]
         self.created += sum(1 for o in outcomes if not isinstance(o, CodeqError))
         answer: dict[str, Any] = {"type": "created", "id": correlation, "results": results}
