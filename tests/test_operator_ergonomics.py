@@ -3,10 +3,17 @@ expired lease and a dead-lettering say so in the log (rate-bounded)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from conftest import Api, RunningDaemon, wait_for
+import aiohttp
+from conftest import Api, RunningDaemon, ServeProcess, free_port, subprocess_env, wait_for
 from structlog.testing import capture_logs
 
 from codeq.observability import LogBudget
@@ -117,3 +124,62 @@ async def test_idempotent_replays_are_marked_and_a_different_body_warned(api: Ap
     replay, fresh = answer["results"]
     assert replay["idempotentReplay"] is True and "payload" in replay["warning"]
     assert "idempotentReplay" not in fresh and "warning" not in fresh
+
+
+# ------------------------------------------------------------ start failures
+
+
+def _run_codeq(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "codeq", *args],
+        env=subprocess_env(LOG_FORMAT="json", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _cannot_start(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    """The one `cannot start` line of a failed start (no traceback anywhere)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    [line] = [
+        json.loads(text)
+        for text in result.stderr.splitlines()
+        if text.startswith("{") and json.loads(text)["event"] == "cannot start"
+    ]
+    return line
+
+
+async def test_expected_start_failures_are_one_line_with_the_fix(
+    state_dir: Path, serve: Callable[..., ServeProcess], http: aiohttp.ClientSession
+) -> None:
+    """A taken port, a state directory in use by another daemon, a store that does not
+    answer, a bad REDIS_SERVER_PATH, a state directory that cannot be created: each
+    is one `cannot start` line naming the problem and the fix, exit 1 -- they used to
+    be 20-40-line tracebacks. `codeq token init --dir` likewise."""
+    running = serve(STATE_DIR=str(state_dir))
+    await running.ready(http)
+    cases = [
+        ({"STATE_DIR": str(state_dir), "PORT": "0"}, "in use by another", "STATE_DIR"),
+        ({"REDIS_ADDR": f"127.0.0.1:{free_port()}", "PORT": "0"}, "unavailable", "REDIS_ADDR"),
+        (
+            {"STATE_DIR": str(state_dir / "other"), "REDIS_SERVER_PATH": "/nonexistent"},
+            "/nonexistent",
+            "REDIS_SERVER_PATH",
+        ),
+        ({"STATE_DIR": "/proc/codeq-cannot-be-here", "PORT": "0"}, "/proc/", "STATE_DIR"),
+    ]
+    for env, problem, fix in cases:
+        line = await asyncio.to_thread(
+            _cannot_start, await asyncio.to_thread(_run_codeq, "serve", **env)
+        )
+        assert problem in line["error"] and fix in line["fix"], line
+    taken = await asyncio.to_thread(
+        _run_codeq, "serve", STATE_DIR=str(state_dir / "third"), PORT=str(running.port)
+    )
+    line = _cannot_start(taken)
+    assert "address already in use" in line["error"] and "PORT" in line["fix"], line
+    result = await asyncio.to_thread(_run_codeq, "token", "init", "--dir", "/proc/codeq-no")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "--dir" in result.stderr
