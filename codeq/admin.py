@@ -1,6 +1,7 @@
-"""The operator's API: queue stats, pause / resume / purge, the DLQ (list, redrive)
-and retention cleanup. Every operation needs the admin claim and is scoped to the
-caller's tenant; the store does each state change in one script."""
+"""The operator's API: queue stats, pause / resume / purge, task listings, ending a
+stuck lease (requeue, fail), the DLQ (list, redrive) and retention cleanup. Every
+operation needs the admin claim and is scoped to the caller's tenant; the store does
+each state change in one script."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from codeq import metrics
 from codeq.actors.scheduler import EVERY
 from codeq.domain import (
     COMMAND_RE,
@@ -24,10 +26,15 @@ from codeq.domain import (
     QueueStats,
     RedriveOutcome,
     RedriveRequest,
+    Status,
+    Task,
+    TaskListQuery,
+    TaskPage,
 )
 from codeq.store import keys
 
 if TYPE_CHECKING:
+    from codeq.actors.dispatcher import CallbackDispatcher
     from codeq.actors.scheduler import Scheduler
     from codeq.store.store import Store
 
@@ -37,6 +44,9 @@ BATCH = 1000
 SCAN_BUDGET = 5000
 # A paced redrive moves about this many batches a second, so the rate is smooth.
 PACED_BATCHES_PER_SECOND = 10
+# How far a page of ready tasks looks for the last task of the page before, which
+# claims (and abandons) move between two pages.
+REALIGN_BUDGET = 1000
 
 
 def _now_ms() -> int:
@@ -64,12 +74,20 @@ class Admin:
         scheduler: Scheduler,
         *,
         retention_seconds: int,
+        tag_for: Callable[[Principal, str], str],
         stopping: Callable[[], bool] = lambda: False,
+        ended: Callable[[str], None] = lambda _id: None,
+        dispatcher: CallbackDispatcher | None = None,
     ) -> None:
+        """`tag_for` is the tenant tag of a task the caller may see (else NotFound),
+        `ended` wakes the result long-polls of a task that just ended."""
         self.store = store
         self.scheduler = scheduler
         self.retention_ms = retention_seconds * 1000
         self.stopping = stopping
+        self.tag_for = tag_for
+        self.ended = ended
+        self.dispatcher = dispatcher
 
     # ------------------------------------------------------------ stats
 
@@ -109,6 +127,61 @@ class Admin:
             purged, more = await self.store.purge(tag, command, limit=BATCH)
             total += purged
         return total
+
+    # ------------------------------------------------------------ tasks
+
+    async def tasks(self, who: Principal, command: str, query: TaskListQuery) -> TaskPage:
+        """One page of the command's tasks in one state, in the state's order (ready:
+        claim order; the others oldest first by their index's time). Pages walk the
+        live queue: a task that stays in the state through the walk is listed, and one
+        that moves meanwhile may be listed twice or not at all. A page may hold fewer
+        than `limit` tasks; the listing ends when the next cursor is None."""
+        require_admin(who)
+        return await self.store.task_page(
+            keys.tenant_tag(who.tenant),
+            check_command(command),
+            query.state,
+            start=query.cursor,
+            limit=query.limit,
+            budget=REALIGN_BUDGET,
+        )
+
+    async def requeue(self, who: Principal, task_id: str, reason: str) -> tuple[Task, bool]:
+        """Ends the lease of an IN_PROGRESS task now and puts it back next in line, as
+        its holder's abandon would (attempts kept); the holder's lease token is void.
+        Returns the task and whether it was requeued (False: its cancel had been
+        requested, so it ended CANCELLED)."""
+        require_admin(who)
+        tag = self.tag_for(who, task_id)
+        task, requeued = await self.store.admin_requeue(
+            tag, task_id, by=who.subject, reason=reason, now_ms=_now_ms()
+        )
+        if requeued:
+            self.scheduler.became_ready(tag, task.command)
+        else:
+            metrics.TASK_COMPLETED.labels(task.command, "CANCELLED").inc()
+            self.ended(task_id)
+        return task, requeued
+
+    async def fail(self, who: Principal, task_id: str, reason: str) -> Task:
+        """Ends an IN_PROGRESS task now as FAILED, error "failed by admin: <reason>",
+        as a FAILED result does (its result callback too); the holder's lease token is
+        void."""
+        require_admin(who)
+        tag = self.tag_for(who, task_id)
+        now = _now_ms()
+        error = f"failed by admin: {reason}" if reason else "failed by admin"
+        task, queued = await self.store.admin_fail(
+            tag, task_id, by=who.subject, reason=reason, error=error, now_ms=now
+        )
+        metrics.TASK_COMPLETED.labels(task.command, Status.FAILED.value).inc()
+        metrics.TASK_LATENCY.labels(task.command, Status.FAILED.value).observe(
+            max(0, now - task.created_at_ms) / 1000
+        )
+        self.ended(task_id)
+        if queued and self.dispatcher is not None:
+            self.dispatcher.callback_queued()
+        return task
 
     # ------------------------------------------------------------ retention
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from codeq import wire
 from codeq.artifacts import NAME_RE as ARTIFACT_NAME_RE
-from codeq.domain import COMMAND_RE, OPAQUE_ID_RE, TASK_ID_RE
+from codeq.domain import COMMAND_RE, OPAQUE_ID_RE, TASK_ID_RE, TaskState
 
 PREFIX = "/v1/codeq"
 JSON = "application/json"
@@ -130,8 +130,9 @@ def _needs(shape: wire.Shape) -> list[dict[str, Any]]:
 
 def _query(shape: wire.Shape) -> list[dict[str, Any]]:
     return [
-        # "" reads as absent, as the wire's readers take it
-        {"name": name, "in": "query", "allowEmptyValue": True,
+        # "" reads as absent, as the wire's readers take it (a required one: refused)
+        {"name": name, "in": "query",
+         **({"required": True} if spec.required else {"allowEmptyValue": True}),
          "schema": field_schema(spec, in_query=True)}
         for name, spec in sorted(shape.fields.items())
     ]  # fmt: skip
@@ -251,6 +252,14 @@ OPERATIONS: tuple[Operation, ...] = (
               query=wire.DLQ_QUERY, answers={200: "DeadLetterPage"}),
     Operation("POST", f"{_QUEUE}/dlq/redrive", "Move dead-lettered tasks back to ready",
               "admin", wire.REDRIVE, answers={200: "Redriven"}),
+    Operation("GET", f"{_QUEUE}/tasks", "List a command's tasks in one state", "admin",
+              query=wire.TASK_LIST_QUERY, answers={200: "TaskPage"}),
+    Operation("POST", f"{PREFIX}/admin/tasks/{{id}}/requeue",
+              "End an in-progress task's lease: back in line now", "admin", wire.END_LEASE,
+              answers={200: "LeaseEnded", 404: "Error", 409: "Error"}),
+    Operation("POST", f"{PREFIX}/admin/tasks/{{id}}/fail",
+              "End an in-progress task's lease: FAILED now", "admin", wire.END_LEASE,
+              answers={200: "LeaseEnded", 404: "Error", 409: "Error"}),
     Operation("POST", f"{PREFIX}/admin/tasks/cleanup", "Apply retention", "admin",
               wire.CLEANUP, answers={200: "Cleanup"}),
     Operation("GET", f"{PREFIX}/admin/callbacks", "Abandoned result callbacks", "admin",
@@ -377,6 +386,13 @@ SCHEMAS: Mapping[str, dict[str, Any]] = {
     "Purged": _object({"purged": _INT}),
     "DeadLetterPage": _object({"tasks": {"type": "array", "items": _ref("DeadLetter")},
                                "nextCursor": _nullable(_STRING)}),
+    "TaskPage": _object({"command": _STRING,
+                         "status": {"type": "string", "enum": [s.value for s in TaskState]},
+                         "tasks": {"type": "array", "items": _ref("Task")},
+                         "nextCursor": _nullable(_STRING)}),
+    "LeaseEnded": _object({"status": {"type": "string",
+                                      "enum": ["requeued", "cancelled", "failed"]},
+                           "task": _ref("Task")}),
     "Redriven": _object({"redriven": _INT, "ids": _STRINGS, "skipped": _STRINGS,
                          "dryRun": _BOOL}),
     "Cleanup": _object({"deleted": _INT, "before": _TIME, "limit": _INT, "endedBefore": _TIME}),

@@ -107,6 +107,9 @@ class Service:
             scheduler,
             retention_seconds=settings.retention_seconds,
             stopping=lambda: self.draining,
+            tag_for=self._tag_for,
+            ended=self._ended,
+            dispatcher=dispatcher,
         )
 
     # ------------------------------------------------------------ producers

@@ -373,6 +373,32 @@ class Client:
         )
         return answer
 
+    async def tasks(
+        self, command: str, status: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> JsonObject:
+        """One page of the command's tasks in one state (ready, delayed, in_progress,
+        dlq, completed, failed, cancelled) → `{"command", "status", "tasks": […],
+        "nextCursor"}`."""
+        query = {"status": status, "cursor": cursor, "limit": limit}
+        page: JsonObject = await self._json(
+            "GET", f"/admin/queues/{_seg(command)}/tasks", query=query
+        )
+        return page
+
+    async def requeue(self, task_id: str, reason: str | None = None) -> JsonObject:
+        """Ends an in-progress task's lease: back in line now → `{"status", "task"}`."""
+        body = _drop_none({"reason": reason})
+        answer: JsonObject = await self._json(
+            "POST", f"/admin/tasks/{_seg(task_id)}/requeue", body
+        )
+        return answer
+
+    async def fail(self, task_id: str, reason: str | None = None) -> JsonObject:
+        """Ends an in-progress task's lease: FAILED now → `{"status": "failed", "task"}`."""
+        body = _drop_none({"reason": reason})
+        answer: JsonObject = await self._json("POST", f"/admin/tasks/{_seg(task_id)}/fail", body)
+        return answer
+
     async def cleanup(self, *, limit: int | None = None, before: str | None = None) -> JsonObject:
         """Deletes terminal tasks that ended before `before` (RFC 3339)."""
         body = _drop_none({"limit": limit, "before": before})

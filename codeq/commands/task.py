@@ -1,4 +1,5 @@
-"""`codeq task create|get|result|cancel|history`: the producer's commands."""
+"""`codeq task create|get|result|cancel|history`: the producer's commands; `codeq task
+list|requeue|fail`: the operator's (an admin token)."""
 
 from __future__ import annotations
 
@@ -120,6 +121,83 @@ def add(commands: Subcommands) -> None:
         "codeq task history 0123456789ab-Qx3…",
     )
     history.add_argument("task_id", metavar="ID")
+
+    add_operator(tasks)
+
+
+# The states a listing selects (the API's `status`, codeq.domain.TaskState), and the
+# columns that tell most about the tasks in each.
+STATES = ("ready", "delayed", "in_progress", "dlq", "completed", "failed", "cancelled")
+_ENDED_COLUMNS = [("id", "id"), ("attempts", "attempts"), ("error", "error"),
+                  ("updatedAt", "ended at")]  # fmt: skip
+LIST_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "ready": [("id", "id"), ("priority", "priority"), ("attempts", "attempts"),
+              ("retryReason", "retry reason"), ("updatedAt", "ready since")],
+    "delayed": [("id", "id"), ("priority", "priority"), ("attempts", "attempts"),
+                ("runAt", "runs at"), ("retryReason", "retry reason")],
+    "in_progress": [("id", "id"), ("workerId", "worker"), ("leaseUntil", "lease until"),
+                    ("attempts", "attempts"), ("cancelRequested", "cancel requested")],
+    "dlq": [("id", "id"), ("attempts", "attempts"), ("error", "error"),
+            ("lastError", "last error"), ("updatedAt", "dead-lettered at")],
+    "completed": _ENDED_COLUMNS,
+    "failed": _ENDED_COLUMNS,
+    "cancelled": _ENDED_COLUMNS,
+}  # fmt: skip
+
+
+def add_operator(tasks: Subcommands) -> None:
+    listing = command(
+        tasks,
+        "list",
+        "list a command's tasks in one state (admin token)",
+        _list,
+        "admin",
+        """
+        codeq task list GENERATE_MASTER --status in_progress   # who holds what, until when
+        codeq task list GENERATE_MASTER --status ready --limit 20
+        codeq task list GENERATE_MASTER --status failed --all --json | jq -r '.tasks[].id'
+
+        Ready tasks are listed in claim order (higher priority first, oldest first);
+        the others oldest first (delayed: by run time; in_progress: by lease end).
+        """,
+    )
+    listing.add_argument("queue", metavar="COMMAND")
+    listing.add_argument("--status", required=True, choices=STATES, help="which tasks")
+    listing.add_argument("--limit", type=int, default=100, metavar="N", help="page size (100)")
+    listing.add_argument("--all", action="store_true", help="follow every page to the end")
+    listing.add_argument("--cursor", help="start at this nextCursor")
+
+    requeue = command(
+        tasks,
+        "requeue",
+        "end an in-progress task's lease now: back in line (admin token)",
+        _requeue,
+        "admin",
+        """
+        codeq task requeue 0123456789ab-Qx3… --reason "worker host died"
+
+        The task is next in line in its priority; its attempts stay counted, and its
+        holder's late heartbeat or result gets 409.
+        """,
+    )
+    requeue.add_argument("task_id", metavar="ID")
+    requeue.add_argument("--reason", help="kept in the task's history")
+
+    fail = command(
+        tasks,
+        "fail",
+        "end an in-progress task's lease now: FAILED (admin token)",
+        _fail,
+        "admin",
+        """
+        codeq task fail 0123456789ab-Qx3… --reason "poison payload"
+
+        Ends the task FAILED with error "failed by admin: REASON", as a FAILED result
+        would (its webhook gets the result callback); its holder's late result gets 409.
+        """,
+    )
+    fail.add_argument("task_id", metavar="ID")
+    fail.add_argument("--reason", required=True, help="why: in the task's error and history")
 
 
 # ------------------------------------------------------------ create
@@ -276,4 +354,49 @@ async def _history(client: Client, args: argparse.Namespace) -> int:
         for entry in answer.get("history", [])
     ]
     stdout().print(rows_table(rows, [("at", "at"), ("event", "event"), ("detail", "detail")]))
+    return 0
+
+
+# ------------------------------------------------------------ operator
+
+
+async def _list(client: Client, args: argparse.Namespace) -> int:
+    tasks: list[JsonObject] = []
+    cursor = args.cursor
+    while True:
+        page = await client.tasks(args.queue, args.status, cursor=cursor, limit=args.limit)
+        tasks.extend(page["tasks"])
+        cursor = page.get("nextCursor")
+        if not args.all or cursor is None:
+            break
+    if args.json:
+        emit_json({"command": args.queue, "status": args.status, "tasks": tasks,
+                   "nextCursor": cursor})  # fmt: skip
+        return 0
+    if tasks:
+        numeric = ("priority", "attempts")
+        stdout().print(rows_table(tasks, LIST_COLUMNS[args.status], numeric=numeric))
+    note(f"{len(tasks)} {args.status} task(s) of {args.queue}")
+    if cursor is not None:
+        note(f"more: --cursor {cursor} (or --all)")
+    return 0
+
+
+async def _requeue(client: Client, args: argparse.Namespace) -> int:
+    answer = await client.requeue(args.task_id, args.reason)
+    if args.json:
+        emit_json(answer)
+    elif answer["status"] == "cancelled":
+        note(f"task {args.task_id} had a cancel requested: it is CANCELLED now")
+    else:
+        note(f"task {args.task_id} is back in line (attempts {answer['task']['attempts']})")
+    return 0
+
+
+async def _fail(client: Client, args: argparse.Namespace) -> int:
+    answer = await client.fail(args.task_id, args.reason)
+    if args.json:
+        emit_json(answer)
+    else:
+        stdout().print(record_table(answer["task"]))
     return 0

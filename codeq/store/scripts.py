@@ -37,6 +37,9 @@ NAMES = (
     "outbox_claim",
     "outbox_settle",
     "outbox_prune",
+    "task_page",
+    "admin_requeue",
+    "admin_fail",
 )
 # Scripts that do not work on a tenant: lib.lua (which reads KEYS[1] as a tenant
 # prefix) is not prepended, and KEYS[1] is whatever single key the script names.

@@ -40,6 +40,8 @@ from codeq.domain import (
     Status,
     Subscription,
     Task,
+    TaskPage,
+    TaskState,
     Unavailable,
 )
 from codeq.store import keys
@@ -642,6 +644,73 @@ class Store:
             DeadLetter(task_from_fields(_pairs(fields)), int(score)) for score, fields in reply[2:]
         ]
         return DlqPage(items, _position(reply[0], reply[1]))
+
+    async def task_page(
+        self,
+        tag: str,
+        command: str,
+        state: TaskState,
+        *,
+        start: DlqPosition | None,
+        limit: int,
+        budget: int,
+    ) -> TaskPage:
+        """Up to `limit` tasks of a command in `state` after `start` (the position of
+        the last task listed; None: from the first), reading a window of the state's
+        index; a ready walk looks at no more than `budget` entries to find its place."""
+        reply = await self._call(
+            "task_page",
+            tag,
+            command,
+            state.value,
+            "" if start is None else start.score,
+            "" if start is None else start.task_id,
+            limit,
+            budget,
+        )
+        tasks = [task_from_fields(_pairs(fields)) for fields in reply[2:]]
+        return TaskPage(tasks, _position(reply[0], reply[1]))
+
+    async def admin_requeue(
+        self, tag: str, task_id: str, *, by: str, reason: str, now_ms: int
+    ) -> tuple[Task, bool]:
+        """Ends the lease of an IN_PROGRESS task and puts it back next in line.
+        Returns the task and whether it was requeued (False: its cancel had been
+        requested, and it ended CANCELLED)."""
+        reply = await self._call(
+            "admin_requeue", tag, task_id, now_ms, by, reason, self._history_limit, self.origin
+        )
+        if reply[0] not in ("requeued", "cancelled"):
+            raise _lease_error(reply[0])
+        return task_from_fields(_pairs(reply[1])), reply[0] == "requeued"
+
+    async def admin_fail(
+        self, tag: str, task_id: str, *, by: str, reason: str, error: str, now_ms: int
+    ) -> tuple[Task, bool]:
+        """Ends an IN_PROGRESS task as FAILED with `error`, as a FAILED result does.
+        Returns the task and whether a result callback was queued."""
+        result = Result(
+            task_id=task_id,
+            status=Status.FAILED,
+            result=None,
+            error=error,
+            artifacts=(),
+            completed_at_ms=now_ms,
+        )
+        reply = await self._call(
+            "admin_fail",
+            tag,
+            task_id,
+            now_ms,
+            by,
+            reason,
+            error,
+            orjson.dumps(result_record(result)),
+            self._history_limit,
+        )
+        if reply[0] != "failed":
+            raise _lease_error(reply[0])
+        return task_from_fields(_pairs(reply[2])), bool(int(reply[1]))
 
     async def redrive(
         self,
