@@ -39,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also connect to the store and say which server and version it is",
     )
+    check.add_argument(
+        "--sources",
+        action="store_true",
+        help="print each key's value and where it came from (default, file, env, flag)"
+        " and the paths codeq resolved",
+    )
     check.set_defaults(run=_config_check)
 
     _add_token_commands(commands)
@@ -61,7 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
-    print(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode())
+    if args.sources:
+        _print_sources(config)
+    else:
+        print(orjson.dumps(config.masked(), option=orjson.OPT_INDENT_2).decode())
     for warning in config.notes:
         print(f"warning: {warning}", file=sys.stderr)
     if not args.store:
@@ -71,6 +80,22 @@ def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
     ok, line = uvloop.run(check_store(config))
     print(f"store: {line}", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
+
+
+def _print_sources(config: cfg.Config) -> None:
+    """`config check --sources`: each key's value and origin, then resolved paths."""
+    from codeq.store.embedded import default_binary
+
+    rows = config.sources()
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, origin in rows:
+        print(f"{key:<{width}}  {orjson.dumps(value).decode()}  ({origin})")
+    state = config.state_directory()
+    print(f"{'resolved':<{width}}  stateDir {state}")
+    print(f"{'':<{width}}  localArtifactsDir {config.local_artifacts_dir or state / 'artifacts'}")
+    if not config.redis_addr:
+        binary = config.redis_server_path or default_binary() or "(none found)"
+        print(f"{'':<{width}}  redis-server {binary}")
 
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:

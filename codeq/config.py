@@ -683,6 +683,9 @@ class Config:
     # What loading said that is not an error (codeQ keys not applied, short dev
     # tokens): the daemon logs each as a warning at start. Not a setting.
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # Where each value that is not a default came from: (attribute, "file PATH" |
+    # "env NAME" | "flag --name"). Not a setting.
+    origins: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def dev_mode(self) -> bool:
@@ -709,6 +712,12 @@ class Config:
         if os.path.isabs(xdg):  # the XDG spec says to ignore relative paths
             return Path(xdg) / "codeq"
         return home / ".local" / "state" / "codeq"
+
+    def sources(self) -> list[tuple[str, Any, str]]:
+        """(YAML key, shown value, where it came from) for every setting."""
+        origins = dict(self.origins)
+        shown = self.masked()
+        return [(s.yaml_key, shown[s.yaml_key], origins.get(s.name, "default")) for s in SPECS]
 
     def masked(self) -> dict[str, Any]:
         """The effective config as YAML key -> value, with secrets replaced by '***'."""
@@ -822,7 +831,7 @@ def load_config(
     config = _with_implied_providers(config)
     _raise_if(list(_conflicts(config, origins)))
     notes += _short_token_notes(config)
-    return replace(config, notes=tuple(notes)) if notes else config
+    return replace(config, notes=tuple(notes), origins=tuple(sorted(origins.items())))
 
 
 def _parse(item: _Given) -> Any:

@@ -183,3 +183,51 @@ async def test_expected_start_failures_are_one_line_with_the_fix(
     result = await asyncio.to_thread(_run_codeq, "token", "init", "--dir", "/proc/codeq-no")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "--dir" in result.stderr
+
+
+# ------------------------------------------------------------ config, documented and explained
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_every_setting_is_in_the_readme_config_table() -> None:
+    """The README's configuration table names every key (it used to leave 13 out)."""
+    from codeq.config import SPECS
+
+    section = (REPO / "README.md").read_text().split("## Configuration", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    missing = [spec.yaml_key for spec in SPECS if f"`{spec.yaml_key}`" not in section]
+    assert not missing, f"not in the README's config table: {missing}"
+
+
+def test_config_check_sources_says_where_each_value_came_from(tmp_path: Path) -> None:
+    """`codeq config check --sources`: each key with its value and origin (default,
+    file, env, flag) and the paths codeq resolved."""
+    config = tmp_path / "codeq.yaml"
+    config.write_text("historyLimit: 40\nport: 9000\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "codeq",
+            "config",
+            "check",
+            "--sources",
+            "--config",
+            str(config),
+            "--port",
+            "9100",
+        ],
+        env=subprocess_env(RETENTION_SECONDS="600", STATE_DIR=str(tmp_path / "state")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line[:1] != " "}
+    assert lines["historyLimit"].endswith(f"40  (file {config})")
+    assert lines["retentionSeconds"].endswith("600  (env RETENTION_SECONDS)")
+    assert lines["port"].endswith("9100  (flag --port)")
+    assert lines["maxAttemptsDefault"].endswith("5  (default)")
+    assert f"stateDir {tmp_path / 'state'}" in result.stdout
+    assert f"localArtifactsDir {tmp_path / 'state' / 'artifacts'}" in result.stdout
