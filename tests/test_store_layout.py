@@ -25,7 +25,8 @@ async def test_lua_key_names_match_python(redis: Redis) -> None:
     names = await run_lib(
         redis,
         "return {k_task('x'), k_result('x'), k_hist('x'), k_ready('A', 3), k_inprog('A'),"
-        " k_delayed('A'), k_dlq('A'), K_CMDS, K_PAUSED, K_RET, TAG, k_idem('d')}",
+        " k_delayed('A'), k_dlq('A'), K_CMDS, K_PAUSED, K_RET, TAG, k_idem('d'),"
+        " k_ended('A', 'FAILED')}",
     )
     assert names == [
         keys.task(TAG, "x"),
@@ -40,6 +41,7 @@ async def test_lua_key_names_match_python(redis: Redis) -> None:
         keys.retention(TAG),
         TAG,
         keys.idempotency_by_digest(TAG, "d"),
+        keys.ended(TAG, "A", "FAILED"),
     ]
 
 
