@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,3 +234,37 @@ def test_config_check_sources_says_where_each_value_came_from(tmp_path: Path) ->
     assert lines["maxAttemptsDefault"].endswith("5  (default)")
     assert f"stateDir {tmp_path / 'state'}" in result.stdout
     assert f"localArtifactsDir {tmp_path / 'state' / 'artifacts'}" in result.stdout
+
+
+def _jwks_walkthrough() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text.split("### JWKS auth end to end", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+async def test_readme_jwks_walkthrough_works_verbatim(tmp_path: Path) -> None:
+    """The README's JWKS block, run by bash with the virtualenv on PATH: a daemon
+    of its own (its port and state directory moved to free ones), 202 for the
+    producer, 200 for the worker, 401 for the forged token."""
+    state = Path(tempfile.mkdtemp(prefix="cq-jwks-", dir="/tmp"))  # a short socket path
+    script = _jwks_walkthrough().replace("PORT=8090", f"PORT={free_port()}")
+    script = script.replace("/tmp/codeq-jwks", str(state))
+    # however the block ends, the daemon it started ends with it
+    script = "trap 'kill ${DAEMON:-} 2>/dev/null || true' EXIT\n" + script
+    bin_dir = Path(sys.executable).parent
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-euo", "pipefail", "-c", script],
+            env={"HOME": str(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    created, claimed, forged = [json.loads(line) for line in done.stdout.splitlines()]
+    assert created["status"] == "PENDING" and claimed["id"] == created["id"], done.stdout
+    assert "error" in forged and "token" in forged["error"], forged
