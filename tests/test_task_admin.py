@@ -5,16 +5,15 @@ HTTP API and the `codeq task list|requeue|fail` commands."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from conftest import Api, LoopbackServer, RunningDaemon, wait_for
+from conftest import Api, RunningDaemon, wait_for
 from redis.asyncio import Redis
+from test_callbacks import Receiver
 from test_cli import Cli
 
 from codeq.actors.scheduler import Scheduler
@@ -348,21 +347,6 @@ async def test_requeue_of_a_task_whose_cancel_was_requested_cancels_it(api: Api)
     assert await listed_ids(api, "A", "cancelled") == [created["id"]]
 
 
-class Receiver(LoopbackServer):
-    """A result-callback receiver on 127.0.0.1 that keeps every body it gets."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.bodies: list[dict[str, Any]] = []
-
-    def add_routes(self, app: web.Application) -> None:
-        async def take(request: web.Request) -> web.Response:
-            self.bodies.append(json.loads(await request.read()))
-            return web.json_response({"ok": True})
-
-        app.router.add_post("/hook", take)
-
-
 @pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     server = Receiver()
@@ -382,7 +366,7 @@ async def test_fail_ends_the_task_failed_with_its_callback(
     heartbeat and nack get 409."""
     daemon = await start_daemon(webhook_allowed_hosts=("127.0.0.1",))
     api = Api(http, daemon.url)
-    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    hook = receiver.url()
     created = await api.create("A", webhook=hook)
     held = await claimed(api, "A")
     code, body = await end_lease(api, held["id"], "fail", reason="poison payload")
@@ -394,8 +378,8 @@ async def test_fail_ends_the_task_failed_with_its_callback(
     assert code == 200, answer
     assert answer["result"]["status"] == "FAILED"
     assert answer["result"]["error"] == "failed by admin: poison payload"
-    await wait_for(lambda: receiver.bodies, message="the result callback")
-    [callback] = receiver.bodies
+    await wait_for(receiver.delivered, message="the result callback")
+    [callback] = [r.json for r in receiver.delivered()]
     assert callback["taskId"] == created["id"] and callback["status"] == "FAILED"
     assert callback["error"] == "failed by admin: poison payload"
 
