@@ -146,14 +146,11 @@ async def _serve_async(
         await daemon.stop()
         raise
     if daemon.dev_token and banner:
+        from codeq.auth.dev import dev_banner
+
         path = config.state_directory() / "dev-token"
-        print(
-            f"codeq: dev mode (no auth configured), listening on {', '.join(daemon.addresses)}\n"
-            f"codeq: dev token: {daemon.dev_token}\n"
-            f"codeq: (also in {path}, mode 0600)",
-            file=sys.stderr,
-            flush=True,
-        )
+        text = dev_banner(daemon.addresses, daemon.dev_token, path, terminal=sys.stderr.isatty())
+        print(text, file=sys.stderr, flush=True)
     return await daemon.run_until_stopped()
 
 

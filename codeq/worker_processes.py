@@ -41,7 +41,7 @@ from prometheus_client import multiprocess
 
 from codeq import systemd
 from codeq.actors.base import first_of
-from codeq.auth.dev import load_or_create_dev_token
+from codeq.auth.dev import dev_banner, load_or_create_dev_token
 from codeq.config import Config
 from codeq.metrics import MULTIPROCESS_DIR_ENV
 from codeq.store.embedded import EmbeddedRedis
@@ -224,13 +224,8 @@ class WorkerProcesses:
         if config.dev_mode:
             path = config.state_directory() / "dev-token"
             token = path.read_text().strip()
-            print(
-                f"codeq: dev mode (no auth configured), listening on "
-                f"{', '.join(self.addresses())}\n"
-                f"codeq: dev token: {token}\ncodeq: (also in {path}, mode 0600)",
-                file=sys.stderr,
-                flush=True,
-            )
+            text = dev_banner(self.addresses(), token, path, terminal=sys.stderr.isatty())
+            print(text, file=sys.stderr, flush=True)
 
     def addresses(self) -> list[str]:
         config = self.config

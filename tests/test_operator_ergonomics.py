@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import secrets
+import select
 import shutil
 import subprocess
 import sys
@@ -268,3 +270,35 @@ async def test_readme_jwks_walkthrough_works_verbatim(tmp_path: Path) -> None:
     created, claimed, forged = [json.loads(line) for line in done.stdout.splitlines()]
     assert created["status"] == "PENDING" and claimed["id"] == created["id"], done.stdout
     assert "error" in forged and "token" in forged["error"], forged
+
+
+async def test_the_dev_token_is_printed_on_a_terminal_only(state_dir: Path) -> None:
+    """`codeq serve` in dev mode prints its token when stderr is a terminal (a
+    developer's shell), never into a log or the journal (see test_processes)."""
+    primary, secondary = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "codeq",
+        "serve",
+        env=subprocess_env(STATE_DIR=str(state_dir), PORT=str(free_port()), LOG_FORMAT="json"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while b"dev token: " not in seen or not seen.endswith(b"\n"):
+            assert loop.time() < deadline and proc.returncode is None, seen.decode("replace")
+            ready, _, _ = await asyncio.to_thread(select.select, [primary], [], [], 0.5)
+            if ready:
+                seen += os.read(primary, 65536)
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+        os.close(primary)
+    token = (state_dir / "dev-token").read_text().strip()
+    assert f"dev token: {token}" in seen.decode()

@@ -39,3 +39,15 @@ def load_or_create_dev_token(state_dir: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def dev_banner(addresses: list[str], token: str, path: Path, *, terminal: bool) -> str:
+    """What `codeq serve` prints in dev mode. The token itself only on a terminal:
+    under systemd stderr is the journal, which many can read; there the banner
+    names the file (mode 0600) instead."""
+    lines = [f"codeq: dev mode (no auth configured), listening on {', '.join(addresses)}"]
+    if terminal:
+        lines += [f"codeq: dev token: {token}", f"codeq: (also in {path}, mode 0600)"]
+    else:
+        lines.append(f"codeq: dev token in {path} (mode 0600; printed on a terminal only)")
+    return "\n".join(lines)
