@@ -102,7 +102,7 @@ async def history_events(api: Api, task_id: str) -> list[dict[str, Any]]:
 
 
 def scheduler_of(daemon: RunningDaemon) -> Scheduler:
-    return daemon.daemon.service.scheduler  # type: ignore[union-attr, no-any-return]
+    return daemon.daemon.service.scheduler  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------ listing
@@ -383,11 +383,12 @@ async def test_fail_ends_the_task_failed_with_its_callback(
     assert callback["taskId"] == created["id"] and callback["status"] == "FAILED"
     assert callback["error"] == "failed by admin: poison payload"
 
-    for action, fields in (
+    late: tuple[tuple[str, dict[str, Any]], ...] = (
         ("result", {"status": "COMPLETED", "result": {}}),
         ("heartbeat", {}),
         ("nack", {}),
-    ):
+    )
+    for action, fields in late:
         code, body = await worker_call(api, held, action, **fields)
         assert code == 409 and "FAILED" in body["error"], (action, body)
     events = [e["event"] for e in await history_events(api, created["id"])]
