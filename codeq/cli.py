@@ -1,4 +1,9 @@
-"""The `codeq` command."""
+"""The `codeq` command.
+
+Only what the chosen command needs is imported: a client command (`task`,
+`queue`, `worker`, `init`, `auth`) never loads the daemon, the store, the config
+machinery or the signing keys' crypto, so it starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,104 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-import structlog
-import uvloop
-
-from codeq import config as cfg
-from codeq.auth import tokens
 from codeq.commands import add_commands as add_client_commands
 from codeq.commands import profile
 from codeq.commands import run as run_client_command
-from codeq.observability import configure_logging
-from codeq.unix_socket import ListenError
+from codeq.commands.base import GLOBAL_FLAGS, Subcommands, global_flags, merge_global_flags
+
+if TYPE_CHECKING:
+    from codeq import config as cfg
+    from codeq.auth import tokens
+
+SERVE_HELP = "run the daemon (embedded store unless REDIS_ADDR)"
+CONFIG_HELP = "configuration tools"
+TOKEN_HELP = "local signing keys, dev tokens and the JWKS for jwks auth"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="codeq", description="codeq task-queue daemon")
-    commands = parser.add_subparsers(dest="command", required=True)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(_command_word(args_list))
+    args = parser.parse_args(args_list)
+    merge_global_flags(parser, args)
+    if hasattr(args, "remote"):  # task/worker/queue: a client of a daemon, no daemon config
+        return run_client_command(args)
+    if hasattr(args, "local"):  # init/auth: the CLI's own profile file
+        return profile.run(args)
+    from codeq import config as cfg
 
-    serve = commands.add_parser("serve", help="run the daemon (embedded store unless REDIS_ADDR)")
+    try:
+        loaded = cfg.load_config(args.config, flags=cfg.flags_from_args(args))
+    except cfg.ConfigError as exc:
+        print(f"codeq: {exc}", file=sys.stderr)
+        return 2
+    args.argv = args_list  # for worker processes
+    code: int = args.run(loaded, args)
+    return code
+
+
+def _parser(word: str | None) -> argparse.ArgumentParser:
+    """The command line parser. The daemon's commands get their many flags only
+    when chosen (`word`); otherwise they are listed with their help alone."""
+    parser = argparse.ArgumentParser(
+        prog="codeq",
+        description="codeq task-queue daemon",
+        epilog="connection flags (--url, --token, --profile, --timeout, --json) go before or "
+        "after the subcommand: codeq --url unix:///path/to/codeq.sock task get ID",
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print codeq's version and exit"
+    )
+    global_flags(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    builders = {"serve": _add_serve, "config": _add_config, "token": _add_token_commands}
+    for name, help in (("serve", SERVE_HELP), ("config", CONFIG_HELP), ("token", TOKEN_HELP)):
+        if word == name:
+            builders[name](commands)
+        else:
+            commands.add_parser(name, help=help)
+    add_client_commands(commands)
+    profile.add(commands)
+    return parser
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand on a command line: its first word that is not a flag or a
+    global flag's value."""
+    takes_value = {f"--{name}" for name, has_value in GLOBAL_FLAGS.items() if has_value}
+    words = iter(argv)
+    for word in words:
+        if word in takes_value:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata is not free)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        from importlib.metadata import version
+
+        parser.exit(message=f"codeq {version('codeq')}\n")
+
+
+def _add_serve(commands: Subcommands) -> None:
+    from codeq import config as cfg
+
+    serve = commands.add_parser(
+        "serve", help=SERVE_HELP, description="Run the daemon (embedded store unless REDIS_ADDR)."
+    )
     cfg.add_flags(serve)
     serve.set_defaults(run=_serve)
 
-    config = commands.add_parser("config", help="configuration tools")
+
+def _add_config(commands: Subcommands) -> None:
+    from codeq import config as cfg
+
+    config = commands.add_parser("config", help=CONFIG_HELP)
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate and print the effective config")
     cfg.add_flags(check)
@@ -47,26 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     check.set_defaults(run=_config_check)
 
-    _add_token_commands(commands)
-    add_client_commands(commands)
-    profile.add(commands)
-
-    args = parser.parse_args(argv)
-    if hasattr(args, "remote"):  # task/worker/queue: a client of a daemon, no daemon config
-        return run_client_command(args)
-    if hasattr(args, "local"):  # init/auth: the CLI's own profile file
-        return profile.run(args)
-    try:
-        loaded = cfg.load_config(args.config, flags=cfg.flags_from_args(args))
-    except cfg.ConfigError as exc:
-        print(f"codeq: {exc}", file=sys.stderr)
-        return 2
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for worker processes
-    code: int = args.run(loaded, args)
-    return code
-
 
 def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
+    import orjson
+    import uvloop
+
     if args.sources:
         _print_sources(config)
     else:
@@ -84,6 +148,8 @@ def _config_check(config: cfg.Config, args: argparse.Namespace) -> int:
 
 def _print_sources(config: cfg.Config) -> None:
     """`config check --sources`: each key's value and origin, then resolved paths."""
+    import orjson
+
     from codeq.store.embedded import default_binary
 
     rows = config.sources()
@@ -99,6 +165,12 @@ def _print_sources(config: cfg.Config) -> None:
 
 
 def _serve(config: cfg.Config, args: argparse.Namespace) -> int:
+    import structlog
+    import uvloop
+
+    from codeq import config as cfg
+    from codeq.observability import configure_logging
+    from codeq.unix_socket import ListenError
     from codeq.worker_processes import WorkerProcesses, worker_config, worker_index
 
     configure_logging(config.log_level, config.log_format)
@@ -128,6 +200,8 @@ async def _serve_async(
     config: cfg.Config, source: Callable[[], cfg.Config], *, banner: bool = True
 ) -> int:
     """Runs one daemon; `banner`: print the dev-mode lines (a supervisor prints its own)."""
+    import structlog
+
     from codeq.daemon import Daemon
     from codeq.domain import Unavailable
     from codeq.store.client import StoreRejected
@@ -173,10 +247,10 @@ def _start_fix(exc: Exception, config: cfg.Config) -> str:
 # ------------------------------------------------------------ codeq token
 
 
-def _add_token_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    token = commands.add_parser(
-        "token", help="local signing keys, dev tokens and the JWKS for jwks auth"
-    )
+def _add_token_commands(commands: Subcommands) -> None:
+    from codeq.auth import tokens
+
+    token = commands.add_parser("token", help=TOKEN_HELP)
     actions = token.add_subparsers(dest="token_command", required=True)
 
     def action(name: str, help: str, run: Any) -> argparse.ArgumentParser:
@@ -210,6 +284,8 @@ def _add_token_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _key_files(config: cfg.Config, args: argparse.Namespace) -> tokens.KeyFiles:
+    from codeq.auth import tokens
+
     return tokens.KeyFiles(Path(args.dir) if args.dir else config.state_directory())
 
 
@@ -218,6 +294,8 @@ def _token_errors(run: Any) -> Any:
 
     @functools.wraps(run)
     def wrapper(config: cfg.Config, args: argparse.Namespace) -> int:
+        from codeq.auth import tokens
+
         try:
             code: int = run(config, args)
         except tokens.TokenError as exc:
@@ -238,6 +316,8 @@ def _token_errors(run: Any) -> Any:
 
 @_token_errors
 def _token_init(config: cfg.Config, args: argparse.Namespace) -> int:
+    from codeq.auth import tokens
+
     files = _key_files(config, args)
     kid = tokens.init_keys(files, force=args.force)
     print(f"codeq token: signing key {kid} in {files.signing_key} (mode 0600)", file=sys.stderr)
@@ -247,6 +327,8 @@ def _token_init(config: cfg.Config, args: argparse.Namespace) -> int:
 
 @_token_errors
 def _token_rotate(config: cfg.Config, args: argparse.Namespace) -> int:
+    from codeq.auth import tokens
+
     files = _key_files(config, args)
     kid = tokens.rotate_keys(files)
     print(f"codeq token: new signing key {kid}; {files.jwks} keeps the old ones", file=sys.stderr)
@@ -255,12 +337,16 @@ def _token_rotate(config: cfg.Config, args: argparse.Namespace) -> int:
 
 @_token_errors
 def _token_jwks(config: cfg.Config, args: argparse.Namespace) -> int:
+    from codeq.auth import tokens
+
     print(tokens.public_jwks(_key_files(config, args)))
     return 0
 
 
 @_token_errors
 def _token_mint(config: cfg.Config, args: argparse.Namespace) -> int:
+    from codeq.auth import tokens
+
     worker = args.role == "worker"
     event_types = None
     if args.event_types is not None:
@@ -284,6 +370,11 @@ def _token_mint(config: cfg.Config, args: argparse.Namespace) -> int:
 
 @_token_errors
 def _token_serve(config: cfg.Config, args: argparse.Namespace) -> int:
+    import uvloop
+
+    from codeq.auth import tokens
+    from codeq.observability import configure_logging
+
     configure_logging(config.log_level, config.log_format)
     return uvloop.run(tokens.serve_jwks(_key_files(config, args), args.bind, args.port))
 

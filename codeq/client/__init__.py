@@ -23,11 +23,28 @@ Over WebSocket streams (SPEC §5), `WorkerStream` and `ProducerStream` go where 
 Failures raise `CodeqError(status, message, body)`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from codeq.client.api import CodeqError, JsonObject
 from codeq.client.http import Client
 from codeq.client.producer import Producer
-from codeq.client.stream import ProducerStream, StreamClosed, WorkerStream
 from codeq.client.worker import Abandon, Complete, Fail, Handler, Leave, Nack, Outcome, Worker
+
+if TYPE_CHECKING:
+    from codeq.client.stream import ProducerStream, StreamClosed, WorkerStream
+
+_STREAM_NAMES = frozenset({"ProducerStream", "StreamClosed", "WorkerStream"})
+
+
+def __getattr__(name: str) -> Any:
+    """The WebSocket stream client on first use: it imports aiohttp, which a
+    one-shot CLI command over plain connections does without."""
+    if name in _STREAM_NAMES:
+        from codeq.client import stream
+
+        return getattr(stream, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Abandon",

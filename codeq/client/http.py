@@ -2,6 +2,8 @@
 
 All wire details (paths, headers, status codes, JSON) live in this class, so
 `Producer` and `Worker` can run over another transport with the same methods.
+How the bytes travel (a pooled aiohttp session or plain connections, TCP or a
+Unix socket) is `codeq.client.connections`'s business.
 """
 
 from __future__ import annotations
@@ -14,15 +16,26 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
 from codeq.client.api import TERMINAL_STATUSES, CodeqError, JsonObject
+from codeq.client.connections import (
+    API_PREFIX,
+    DirectLink,
+    GaveUp,
+    Link,
+    PooledLink,
+    Target,
+    Unreachable,
+)
 
-PREFIX = "/v1/codeq"
+PREFIX = API_PREFIX
 USER_AGENT = "codeq-client/0.1"
 # A result poll (`result(wait_seconds=…)`) starts fast and slows down to this.
 MAX_SERVER_WAIT_SECONDS = 30.0  # the API's longest waitSeconds
+# Bulk creates on a 429: the longest single pause, and how long in all one item waits.
+MAX_RETRY_AFTER_SECONDS = 60.0
+RATE_LIMIT_PATIENCE_SECONDS = 300.0
 
 log = logging.getLogger("codeq.client")
 
@@ -34,19 +47,28 @@ def _drop_none(body: Mapping[str, Any]) -> JsonObject:
 class Client:
     """An async client of one codeq daemon; use it as an async context manager.
 
-    base_url: e.g. http://127.0.0.1:8080 (no /v1/codeq); token: the bearer token
-    (None sends no Authorization header); timeout: seconds per request, on top
-    of any long-poll wait the request asks for.
+    base_url: the daemon's address, http://127.0.0.1:8080, https://… or
+    unix:///path/to/codeq.sock (its unixSocketPath); a /v1/codeq at the end is
+    dropped. token: the bearer token (None sends no Authorization header);
+    timeout: seconds per request, on top of any long-poll wait the request asks
+    for. pooled: keep connections open in an aiohttp pool (workers, bulk creates,
+    most programs); False opens one plain connection per request and never
+    imports aiohttp, which starts a one-shot command about 0.2 s sooner.
 
     Every method returns the decoded JSON answer and raises `CodeqError` for a
-    non-2xx status or a request that could not be made.
+    non-2xx status or a request that could not be made. A bad base_url is a
+    ValueError.
     """
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(
+        self, base_url: str, token: str | None, *, timeout: float = 30.0, pooled: bool = True
+    ) -> None:
+        self.target = Target.parse(base_url)
+        self.base_url = self.target.url
         self._token = token
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self.pooled = pooled
+        self._link: Link | None = None
 
     def __repr__(self) -> str:  # never shows the token
         return f"Client({self.base_url!r})"
@@ -55,7 +77,8 @@ class Client:
         headers = {"User-Agent": USER_AGENT}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        self._session = aiohttp.ClientSession(headers=headers)
+        link = PooledLink if self.pooled else DirectLink
+        self._link = link(self.target, headers)
         return self
 
     async def __aexit__(
@@ -67,9 +90,9 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
 
     # ------------------------------------------------------------ the wire
 
@@ -82,37 +105,48 @@ class Client:
         query: Mapping[str, Any] | None = None,
         lease_token: str | None = None,
         extra_seconds: float = 0.0,
+        give_up: asyncio.Event | None = None,
     ) -> tuple[int, Any]:
         """(status, decoded JSON or None) of one call under /v1/codeq; raises
-        CodeqError unless the status is 2xx."""
-        if self._session is None:
+        CodeqError unless the status is 2xx. give_up: an event that, set before
+        the answer begins, drops the request and raises GaveUp."""
+        if self._link is None:
             raise RuntimeError("Client is not open: use `async with Client(...)`")
         headers = {"X-Lease-Token": lease_token} if lease_token else {}
         params = {k: str(v) for k, v in (query or {}).items() if v is not None}
-        url = f"{self.base_url}{PREFIX}{path}"
-        timeout = aiohttp.ClientTimeout(total=self.timeout + extra_seconds)
         data = orjson.dumps(dict(body)) if body is not None else None
         if data is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with self._session.request(
-                method, url, data=data, params=params, headers=headers, timeout=timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                warning = resp.headers.get("X-CodeQ-Warning")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise CodeqError(0, f"cannot reach {self.base_url}: {_describe(exc)}") from exc
+            reply = await self._link.send(
+                method,
+                PREFIX + path,
+                query=params,
+                headers=headers,
+                data=data,
+                timeout=self.timeout + extra_seconds,
+                give_up=give_up,
+            )
+        except Unreachable as exc:
+            hint = "; is `codeq serve` running there?" if exc.not_listening else ""
+            raise CodeqError(0, f"cannot reach {self.base_url}: {exc}{hint}") from exc
+        warning = reply.headers.get("x-codeq-warning")
         if warning:
             log.warning("codeq: %s", warning)
         try:
-            decoded = orjson.loads(raw) if raw.strip() else None
+            decoded = orjson.loads(reply.body) if reply.body.strip() else None
         except orjson.JSONDecodeError:
-            decoded = raw.decode(errors="replace")
-        if not 200 <= status < 300:
+            decoded = reply.body.decode(errors="replace")
+        if not 200 <= reply.status < 300:
             message = decoded.get("error") if isinstance(decoded, dict) else None
-            raise CodeqError(status, str(message or decoded or "(no body)"), decoded)
-        return status, decoded
+            text = str(message or decoded or "(no body)")
+            if reply.status == 404 and text in ("Not Found", "404: Not Found"):
+                text += (
+                    f" (no such endpoint: is {self.base_url} the daemon's address, "
+                    "e.g. http://127.0.0.1:8080?)"
+                )
+            raise CodeqError(reply.status, text, decoded)
+        return reply.status, decoded
 
     async def _json(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         return (await self.request(method, path, body, **kw))[1]
@@ -155,21 +189,45 @@ class Client:
         *,
         concurrency: int = 16,
         on_result: Callable[[int, JsonObject | CodeqError], None] | None = None,
+        on_pause: Callable[[float], None] | None = None,
+        patience: float = RATE_LIMIT_PATIENCE_SECONDS,
     ) -> list[JsonObject | CodeqError]:
         """Creates each body, at most `concurrency` requests at once. Returns, in
         input order, the created task or the CodeqError that refused it: one bad
         item does not stop the others. on_result(index, outcome) is called as each
-        one finishes (e.g. to advance a progress bar)."""
+        one finishes (e.g. to advance a progress bar).
+
+        A 429 (rate limited) pauses every lane for the Retry-After the daemon
+        names (at most 60 s at a time; on_pause(seconds) is told when a pause
+        begins), then the item is sent again; an item refused so for `patience`
+        seconds in all keeps its 429."""
         items = list(bodies)
         out: list[JsonObject | CodeqError] = [CodeqError(0, "not sent")] * len(items)
         next_index = iter(range(len(items)))
+        loop = asyncio.get_running_loop()
+        resume_at = 0.0  # loop time before which no lane sends (a 429's Retry-After)
+
+        async def create(body: Mapping[str, Any]) -> JsonObject | CodeqError:
+            nonlocal resume_at
+            waited = 0.0
+            while True:
+                if resume_at > loop.time():
+                    await asyncio.sleep(resume_at - loop.time())
+                try:
+                    return await self.create_from(body)
+                except CodeqError as exc:
+                    if exc.status != 429 or waited >= patience:
+                        return exc
+                    now = loop.time()
+                    pause = min(exc.retry_after or 1.0, MAX_RETRY_AFTER_SECONDS)
+                    if resume_at <= now and on_pause is not None:
+                        on_pause(pause)  # a new pause, not one more lane joining it
+                    resume_at = max(resume_at, now + pause)
+                    waited += resume_at - now
 
         async def lane() -> None:
             for i in next_index:
-                try:
-                    outcome: JsonObject | CodeqError = await self.create_from(items[i])
-                except CodeqError as exc:
-                    outcome = exc
+                outcome = await create(items[i])
                 out[i] = outcome
                 if on_result is not None:
                     on_result(i, outcome)
@@ -223,9 +281,12 @@ class Client:
         *,
         lease_seconds: int | None = None,
         wait_seconds: float | None = None,
+        stop: asyncio.Event | None = None,
     ) -> JsonObject | None:
         """The claimed task (with its `leaseToken`), or None when nothing came
-        within wait_seconds (a long poll, at most 30 s)."""
+        within wait_seconds (a long poll, at most 30 s). stop: set before the
+        answer begins, it drops the long poll at once (None); an answer already
+        begun is read, so a task leased by then is returned, never lost."""
         body = _drop_none(
             {
                 "commands": list(commands) or None,
@@ -233,9 +294,12 @@ class Client:
                 "waitSeconds": wait_seconds,
             }
         )
-        status, task = await self.request(
-            "POST", "/tasks/claim", body, extra_seconds=wait_seconds or 0.0
-        )
+        try:
+            status, task = await self.request(
+                "POST", "/tasks/claim", body, extra_seconds=wait_seconds or 0.0, give_up=stop
+            )
+        except GaveUp:
+            return None
         return task if status == 200 else None
 
     async def heartbeat(
@@ -388,9 +452,7 @@ class Client:
     async def requeue(self, task_id: str, reason: str | None = None) -> JsonObject:
         """Ends an in-progress task's lease: back in line now → `{"status", "task"}`."""
         body = _drop_none({"reason": reason})
-        answer: JsonObject = await self._json(
-            "POST", f"/admin/tasks/{_seg(task_id)}/requeue", body
-        )
+        answer: JsonObject = await self._json("POST", f"/admin/tasks/{_seg(task_id)}/requeue", body)
         return answer
 
     async def fail(self, task_id: str, reason: str | None = None) -> JsonObject:
@@ -409,9 +471,3 @@ class Client:
 def _seg(value: str) -> str:
     """A path segment, escaped so an odd ID cannot reach another route."""
     return quote(value, safe="")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__

@@ -18,6 +18,7 @@ stream and gives back tasks pushed but not started. The frames are the README's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import deque
@@ -29,6 +30,7 @@ import aiohttp
 import orjson
 
 from codeq.client.api import CodeqError, JsonObject
+from codeq.client.connections import GaveUp, unless
 from codeq.client.http import USER_AGENT, Client
 
 log = logging.getLogger("codeq.client.stream")
@@ -274,17 +276,17 @@ class WorkerStream(_Stream):
         *,
         lease_seconds: int | None = None,
         wait_seconds: float | None = None,
+        stop: asyncio.Event | None = None,
     ) -> JsonObject | None:
-        """The next pushed task, waiting up to wait_seconds; None when none came."""
+        """The next pushed task, waiting up to wait_seconds (or until stop is set);
+        None when none came."""
         if not self._subscribed:
             await self.subscribe(commands, lease_seconds=lease_seconds, credits=self.credits)
         if not self._pushed and self._closed is None and self._refused is None:
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError, GaveUp):
                 async with asyncio.timeout(wait_seconds or 0.0):
-                    await self._arrived.wait()
-            except TimeoutError:
-                pass
+                    await unless(stop, self._arrived.wait())
         if self._pushed:
             return self._pushed.popleft()
         if self._refused is not None:

@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from codeq.client.api import CodeqError, JsonObject
+from codeq.client.connections import GaveUp, unless
 
 log = logging.getLogger("codeq.client.worker")
 
 MAX_REASON = 1000  # the API keeps at most 1024 characters of a nack reason
 CLAIM_BACKOFF_MAX_SECONDS = 10.0
 SETTLE_ATTEMPTS = 3
+WHY_LIMIT = 300  # characters of a nack reason or error in a task's log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class WorkerTransport(Protocol):
         *,
         lease_seconds: int | None = ...,
         wait_seconds: float | None = ...,
+        stop: asyncio.Event | None = ...,
     ) -> JsonObject | None: ...
 
     async def heartbeat(
@@ -224,43 +227,27 @@ class Worker:
 
     async def _until_stopped(self, aw: Awaitable[Any]) -> bool:
         """Awaits aw unless a stop comes first (then aw is cancelled): True if aw finished."""
-        assert self._stopping is not None
-        work = asyncio.ensure_future(aw)
-        stop = asyncio.create_task(self._stopping.wait())
         try:
-            await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not work.done():
-                work.cancel()
-                await asyncio.wait({work})
-        return work.done() and not work.cancelled()
+            await unless(self._stopping, aw)
+        except GaveUp:
+            return False
+        return True
 
     async def _claim(self) -> JsonObject | None:
         """One long-poll claim, retried with backoff while codeq is unreachable.
-        A stop does not cut a claim short (the server may already have leased a
-        task to it): the claim ends within wait_seconds, and a task it brings
-        after a stop is given back. A push transport's claim only waits for a pushed
-        task, so a stop cuts it short."""
+        A stop cuts the claim short: the transport drops a long poll whose answer
+        has not begun; a task that comes anyway (its answer was on its way) is
+        given back at once."""
         assert self._stopping is not None
         backoff = 0.5
         while not self._stopping.is_set():
-            claim = asyncio.create_task(
-                self.transport.claim(
-                    self.commands, lease_seconds=self.lease_seconds, wait_seconds=self.wait_seconds
-                )
-            )
-            stop = asyncio.create_task(self._stopping.wait())
-            await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if not claim.done() and not isinstance(self.transport, PushTransport):
-                await asyncio.wait({claim}, timeout=self.wait_seconds + 5)
-            if not claim.done():
-                claim.cancel()
-                await asyncio.wait({claim})
-                return None
             try:
-                task = claim.result()
+                task = await self.transport.claim(
+                    self.commands,
+                    lease_seconds=self.lease_seconds,
+                    wait_seconds=self.wait_seconds,
+                    stop=self._stopping,
+                )
             except CodeqError as exc:
                 if not exc.retryable:
                     raise
@@ -358,7 +345,11 @@ class Worker:
                 log.warning("%s: could not report %s: %s", task_id, _name(outcome), exc)
                 return
             self._count(outcome)
-            log.info("%s %s %s (%.2fs)", task_id, task.get("command"), _name(outcome), took)
+            command, name, why = task.get("command"), _name(outcome), _why(outcome)
+            if why:  # a warning, so a quiet worker still shows failures, with their reason
+                log.warning("%s %s %s (%.2fs): %s", task_id, command, name, took, why)
+            else:
+                log.info("%s %s %s (%.2fs)", task_id, command, name, took)
             return
 
     async def _report(self, task_id: str, lease_token: str | None, outcome: Outcome) -> None:
@@ -441,6 +432,16 @@ async def _cancel(*tasks: asyncio.Task[Any]) -> None:
     for t in tasks:
         t.cancel()
     await asyncio.wait(tasks)
+
+
+def _why(outcome: Outcome) -> str:
+    """A nack's reason or a failure's error on one line, its end kept (the end of a
+    handler's stderr says most)."""
+    match outcome:
+        case Nack(reason=text) | Fail(error=text):
+            flat = " | ".join(line.strip() for line in text.splitlines() if line.strip())
+            return flat if len(flat) <= WHY_LIMIT else "…" + flat[-WHY_LIMIT:]
+    return ""
 
 
 def _name(outcome: Outcome) -> str:

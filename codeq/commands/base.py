@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import textwrap
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import orjson
-import uvloop
 
 from codeq.client import Client, CodeqError
 from codeq.commands import connection
 from codeq.commands.output import note
 
 Run = Callable[[Client, argparse.Namespace], Awaitable[int]]
+Pooled = bool | Callable[[argparse.Namespace], bool]
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -22,23 +23,57 @@ class UsageError(Exception):
     """Bad input on the command line (exit 2); the message names the option."""
 
 
+# The connection flags, accepted before the subcommand too (name → takes a value).
+GLOBAL_FLAGS = {"url": True, "token": True, "profile": True, "timeout": True, "json": False}
+DEFAULT_TIMEOUT = 30.0
+URL_HELP = (
+    "daemon address: http(s)://host:port or unix:///path/to/codeq.sock "
+    f"(env CODEQ_URL; default {connection.DEFAULT_URL})"
+)
+TOKEN_HELP = "bearer token (env CODEQ_TOKEN); never printed"
+PROFILE_HELP = "profile of ~/.codeq/config.yaml (env CODEQ_PROFILE, file env CODEQ_CONFIG)"
+TIMEOUT_HELP = f"seconds per request (default {DEFAULT_TIMEOUT:g})"
+JSON_HELP = "print JSON on stdout, for scripts"
+
+
 def connection_flags() -> argparse.ArgumentParser:
     """--url/--token/--profile/--timeout/--json, for every command that calls a daemon."""
     flags = argparse.ArgumentParser(add_help=False)
     group = flags.add_argument_group("connection (flags > CODEQ_* env > profile file)")
-    group.add_argument(
-        "--url", help=f"daemon base URL (env CODEQ_URL; default {connection.DEFAULT_URL})"
-    )
-    group.add_argument("--token", help="bearer token (env CODEQ_TOKEN); never printed")
-    group.add_argument(
-        "--profile",
-        help="profile of ~/.codeq/config.yaml (env CODEQ_PROFILE, file env CODEQ_CONFIG)",
-    )
-    group.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds per request (default 30)"
-    )
-    flags.add_argument("--json", action="store_true", help="print JSON on stdout, for scripts")
+    group.add_argument("--url", help=URL_HELP)
+    group.add_argument("--token", help=TOKEN_HELP)
+    group.add_argument("--profile", help=PROFILE_HELP)
+    group.add_argument("--timeout", type=float, help=TIMEOUT_HELP)
+    flags.add_argument("--json", action="store_true", help=JSON_HELP)
     return flags
+
+
+def global_flags(parser: argparse.ArgumentParser) -> None:
+    """The connection flags on `codeq` itself (`codeq --url URL task get ID`); they
+    land in `global_<name>` and merge_global_flags hands them to the subcommand."""
+    group = parser.add_argument_group("connection, for the client commands")
+    group.add_argument("--url", dest="global_url", metavar="URL", help=URL_HELP)
+    group.add_argument("--token", dest="global_token", metavar="TOKEN", help=TOKEN_HELP)
+    group.add_argument("--profile", dest="global_profile", metavar="PROFILE", help=PROFILE_HELP)
+    group.add_argument(
+        "--timeout", dest="global_timeout", metavar="SECONDS", type=float, help=TIMEOUT_HELP
+    )
+    group.add_argument("--json", dest="global_json", action="store_true", help=JSON_HELP)
+
+
+def merge_global_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Gives each connection flag given before the subcommand to the subcommand (one
+    given after it wins); a flag the subcommand has no use for is a usage error."""
+    for name in GLOBAL_FLAGS:
+        value = getattr(args, f"global_{name}")
+        if value is None or value is False:
+            continue
+        if not hasattr(args, name):
+            parser.error(f"--{name} is not an option of `codeq {args.command}`")
+        if getattr(args, name) in (None, False):
+            setattr(args, name, value)
+    if getattr(args, "timeout", 0) is None:
+        args.timeout = DEFAULT_TIMEOUT
 
 
 def command(
@@ -48,8 +83,11 @@ def command(
     run: Run,
     role: connection.Role,
     examples: str,
+    pooled: Pooled = False,
 ) -> argparse.ArgumentParser:
-    """A client subcommand: its help, examples epilog, connection flags and runner."""
+    """A client subcommand: its help, examples epilog, connection flags and runner.
+    pooled (or pooled(args)): its client keeps connections in an aiohttp pool, for
+    many or concurrent requests; else plain connections, which start faster."""
     parser = parent.add_parser(
         name,
         help=help,
@@ -58,7 +96,7 @@ def command(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[connection_flags()],
     )
-    parser.set_defaults(remote=run, role=role)
+    parser.set_defaults(remote=run, role=role, pooled=pooled)
     return parser
 
 
@@ -83,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         note(str(exc))
         return 2
     try:
-        return uvloop.run(_run(args, conn))
+        return asyncio.run(_run(args, conn))
     except UsageError as exc:
         note(str(exc))
         return 2
@@ -98,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, conn: connection.Connection) -> int:
-    async with Client(conn.url, conn.token, timeout=args.timeout) as client:
+    pooled = args.pooled(args) if callable(args.pooled) else args.pooled
+    async with Client(conn.url, conn.token, timeout=args.timeout, pooled=pooled) as client:
         code: int = await args.remote(client, args)
         return code
 

@@ -1,8 +1,9 @@
 """Which daemon the CLI talks to, and with which token.
 
 Precedence: flags (--url, --token) > environment (CODEQ_URL, CODEQ_TOKEN) >
-the profile file > defaults (http://127.0.0.1:8080 and, for a loopback URL, the
-dev token a local daemon in dev mode saved in its state directory).
+the profile file > defaults (http://127.0.0.1:8080 and, for a loopback URL or a
+unix:///path socket, the dev token a local daemon in dev mode saved in its state
+directory).
 
 The profile file (CODEQ_CONFIG, default ~/.codeq/config.yaml) has codeQ's CLI shape:
 
@@ -24,12 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-import yaml
-
-from codeq import config as cfg
-from codeq.auth.dev import DEV_TOKEN_FILE
+from codeq.client.connections import Target
 
 Role = Literal["producer", "worker", "admin"]
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -72,9 +69,10 @@ def resolve(
         or _text(chosen, "baseUrl")
         or DEFAULT_URL
     )
-    parts = urlsplit(final_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(f"url must be an http:// or https:// URL, got {final_url!r}")
+    try:
+        target = Target.parse(final_url)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
     candidates: list[tuple[str, str | None]] = [
         ("--token", token),
@@ -85,12 +83,12 @@ def resolve(
     ]
     for source, value in candidates:
         if value:
-            return Connection(final_url, value, source)
-    if _is_loopback(parts.hostname):
+            return Connection(target.url, value, source)
+    if target.socket_path or _is_loopback(target.host):
         dev = _dev_token(env)
         if dev:
-            return Connection(final_url, dev, "the local dev-token file")
-    return Connection(final_url, None, "none")
+            return Connection(target.url, dev, "the local dev-token file")
+    return Connection(target.url, None, "none")
 
 
 def profile_file(environ: Mapping[str, str]) -> Path:
@@ -101,12 +99,18 @@ def _profile(name: str | None, env: Mapping[str, str]) -> Mapping[str, Any]:
     """The chosen profile's settings ({} when there is no file and none was named)."""
     path = profile_file(env)
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
     except FileNotFoundError:
         if name:
             raise SettingsError(f"profile {name!r}: no profile file {path}") from None
         return {}
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
+        raise SettingsError(f"cannot read profile file {path}: {exc}") from None
+    import yaml  # only when there is a file to read
+
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
         raise SettingsError(f"cannot read profile file {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise SettingsError(f"{path}: expected a mapping with currentProfile and profiles")
@@ -130,6 +134,9 @@ def _text(profile: Mapping[str, Any], key: str) -> str | None:
 
 def _dev_token(env: Mapping[str, str]) -> str | None:
     """The dev token a local daemon in dev mode keeps in its state directory."""
+    from codeq import config as cfg
+    from codeq.auth.dev import DEV_TOKEN_FILE
+
     try:
         state = cfg.load_config(None, environ=env).state_directory(env)
     except cfg.ConfigError:

@@ -1,37 +1,36 @@
 """How the CLI shows things: tables on stdout for people, JSON for scripts with
 --json, progress and messages on stderr only (so --json stdout stays parseable).
-rich leaves out colours and animation when the stream is not a terminal."""
+rich leaves out colours and animation when the stream is not a terminal; it is
+imported only when a table or a progress bar is shown (--json does without)."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 # Off a terminal (a pipe, a file) tables are not folded to 80 columns.
 PIPE_WIDTH = 400
 
 
 def stdout() -> Console:
+    from rich.console import Console
+
     return Console(
         file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else PIPE_WIDTH
     )
 
 
 def stderr() -> Console:
+    from rich.console import Console
+
     return Console(
         file=sys.stderr, highlight=False, width=None if sys.stderr.isatty() else PIPE_WIDTH
     )
@@ -67,6 +66,9 @@ def cell(value: Any) -> str:
 
 def record_table(record: Mapping[str, Any], title: str | None = None) -> Table:
     """One object as a two-column field/value table."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -83,6 +85,9 @@ def rows_table(
     title: str | None = None,
 ) -> Table:
     """A table of objects: columns are (key, header)."""
+    from rich.table import Table
+    from rich.text import Text
+
     right = set(numeric)
     table = Table(title=title, header_style="bold", box=None, pad_edge=False)
     for key, header in columns:
@@ -99,6 +104,15 @@ def rows_table(
 
 def progress() -> Progress:
     """A progress bar on stderr (hidden when stderr is not a terminal)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     console = stderr()
     return Progress(
         TextColumn("{task.description}"),

@@ -14,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from codeq.commands.base import Subcommands
 from codeq.commands.connection import DEFAULT_URL, SettingsError, profile_file
 from codeq.commands.output import note
@@ -39,8 +37,10 @@ def add(commands: Subcommands) -> None:
         epilog="example:\n  codeq init --base-url http://127.0.0.1:8080 --producer-token - < token",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    init.add_argument("--base-url", "--url", dest="url", default=DEFAULT_URL, metavar="URL")
-    init.add_argument("--profile", default=DEFAULT_PROFILE, help="profile name (default)")
+    init.add_argument(
+        "--base-url", "--url", dest="url", metavar="URL", help=f"(default {DEFAULT_URL})"
+    )
+    init.add_argument("--profile", help=f"profile name (default {DEFAULT_PROFILE!r})")
     _token_flags(init, "{role}-token")
     init.add_argument(
         "--admin", action="store_true", help="use the producer token for admin commands too"
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def _init(args: argparse.Namespace, path: Path) -> int:
     if path.exists() and not args.force:
         raise SettingsError(f"{path} exists: use --force, or `codeq auth set` to change tokens")
+    args.url, args.profile = args.url or DEFAULT_URL, args.profile or DEFAULT_PROFILE
     profile: dict[str, Any] = {"baseUrl": args.url}
     profile |= _given_tokens(args)
     if args.admin and "producerToken" in profile:
@@ -167,6 +168,8 @@ def _mask(token: str) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -188,6 +191,8 @@ def _chosen(doc: dict[str, Any], name: str | None, path: Path) -> tuple[str, dic
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
     """Replaces the file atomically, mode 0600 in a 0700 folder."""
+    import yaml
+
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".codeq-", dir=path.parent)  # mkstemp: mode 0600
     try:

@@ -52,6 +52,7 @@ def add(commands: Subcommands) -> None:
         "priority": 3, "delaySeconds": 10, …}; blank lines are skipped. With
         --json, one line per input line: the task, or {"line": N, "error": …}.
         """,
+        pooled=_bulk,
     )
     create.add_argument("task_command", nargs="?", metavar="COMMAND", help="the task's command")
     create.add_argument(
@@ -201,6 +202,11 @@ def add_operator(tasks: Subcommands) -> None:
 
 
 # ------------------------------------------------------------ create
+
+
+def _bulk(args: argparse.Namespace) -> bool:
+    """A --file create sends many requests at once: over pooled connections."""
+    return args.file is not None
 
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:

@@ -69,6 +69,7 @@ def add(commands: Subcommands) -> None:
         Ctrl-C: stop claiming, wait --grace seconds for running handlers, then
         kill them and abandon their tasks (a second Ctrl-C skips the wait).
         """,
+        pooled=True,
     )
     start.add_argument(
         "--events",
