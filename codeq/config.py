@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from codeq import codeq_config
+from codeq import codeq_config, paths
 from codeq.domain import BackoffPolicy
 
 T = TypeVar("T")
@@ -693,25 +693,8 @@ class Config:
         return self.producer_auth_provider is None and self.worker_auth_provider is None
 
     def state_directory(self, environ: Mapping[str, str] | None = None) -> Path:
-        """Where the embedded store keeps its data.
-
-        state_dir if set; else $STATE_DIRECTORY (set by systemd's StateDirectory=;
-        the first of several ':'-separated paths); else $XDG_STATE_HOME/codeq;
-        else ~/.local/state/codeq.
-        """
-        environ = os.environ if environ is None else environ
-        home = Path(environ.get("HOME") or Path.home())
-        if self.state_dir:
-            if self.state_dir == "~" or self.state_dir.startswith("~/"):
-                return home / self.state_dir[2:]
-            return Path(self.state_dir)
-        systemd = environ.get("STATE_DIRECTORY", "").split(":")[0]
-        if systemd:
-            return Path(systemd)
-        xdg = environ.get("XDG_STATE_HOME", "")
-        if os.path.isabs(xdg):  # the XDG spec says to ignore relative paths
-            return Path(xdg) / "codeq"
-        return home / ".local" / "state" / "codeq"
+        """Where the embedded store keeps its data (see codeq.paths.state_directory)."""
+        return paths.state_directory(self.state_dir, environ)
 
     def sources(self) -> list[tuple[str, Any, str]]:
         """(YAML key, shown value, where it came from) for every setting."""

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from codeq.auth.claims import WORKER_SCOPES
-
-DEV_TOKEN_FILE = "dev-token"
+from codeq.paths import DEV_TOKEN_FILE as DEV_TOKEN_FILE  # kept here for its importers
 
 
 def dev_claims(worker_audience: str) -> dict[str, Any]:

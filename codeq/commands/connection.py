@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from codeq import paths
 from codeq.client.connections import Target
 
 Role = Literal["producer", "worker", "admin"]
@@ -133,16 +134,11 @@ def _text(profile: Mapping[str, Any], key: str) -> str | None:
 
 
 def _dev_token(env: Mapping[str, str]) -> str | None:
-    """The dev token a local daemon in dev mode keeps in its state directory."""
-    from codeq import config as cfg
-    from codeq.auth.dev import DEV_TOKEN_FILE
-
+    """The dev token a local daemon in dev mode keeps in its state directory (which
+    STATE_DIR names, as for `codeq serve`)."""
+    state = paths.state_directory(env.get("STATE_DIR") or None, env)
     try:
-        state = cfg.load_config(None, environ=env).state_directory(env)
-    except cfg.ConfigError:
-        state = cfg.Config().state_directory(env)
-    try:
-        return (state / DEV_TOKEN_FILE).read_text().strip() or None
+        return (state / paths.DEV_TOKEN_FILE).read_text().strip() or None
     except OSError:
         return None
 
