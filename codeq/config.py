@@ -1084,13 +1084,24 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if spec.flag is None:
             continue
         metavar = spec.kind.allowed if isinstance(spec.kind, Choice) else spec.kind.metavar
+        default = "" if spec.default is None else f"default {_flag_text(spec)}; "
         group.add_argument(
             spec.flag,
             dest=spec.name,
             metavar=metavar,
             default=None,
-            help=f"{spec.help} (env {spec.env}, yaml {spec.yaml_key})".replace("%", "%%"),
+            help=f"{spec.help} ({default}env {spec.env}, yaml {spec.yaml_key})".replace("%", "%%"),
         )
+
+
+def _flag_text(spec: Spec) -> str:
+    """A setting's default as one would type it after its flag."""
+    value = spec.kind.show(spec.default)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def flags_from_args(ns: argparse.Namespace) -> dict[str, Any]:
