@@ -418,7 +418,8 @@ class Worker:
             hurry.cancel()
             leftover = set(self._jobs)
             if leftover:
-                log.warning("grace period over: abandoning %d task(s)", len(leftover))
+                why = "stopping now" if self._hurry.is_set() else "grace period over"
+                log.warning("%s: abandoning %d task(s)", why, len(leftover))
                 for job in leftover:
                     job.cancel()
                 await asyncio.wait(leftover)

@@ -94,7 +94,10 @@ def add(commands: Subcommands) -> None:
         "producer",
         """
         codeq task result 0123456789ab-Qx3…
-        codeq task result 0123456789ab-Qx3… --wait 120 --json   # exit 1 if not done by then
+        codeq task result 0123456789ab-Qx3… --wait 120 --json && echo done
+
+        exit codes: 0 COMPLETED, 3 FAILED (dead-lettered too), 4 CANCELLED,
+        1 not ended (by the end of --wait) or codeq refused or unreachable, 2 bad input
         """,
     )
     result.add_argument("task_id", metavar="ID")
@@ -227,10 +230,9 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _create(client: Client, args: argparse.Namespace) -> int:
-    producer = Producer(client)
     defaults = _defaults(args)
     if args.file is not None:
-        return await _create_many(producer, defaults, _read_lines(args.file), args)
+        return await _create_many(client, defaults, _read_lines(args.file), args)
     if "command" not in defaults:
         raise UsageError("task create needs a COMMAND (or --file)")
     task = await client.create_from({"payload": {}, **defaults})  # payload: required
@@ -255,7 +257,7 @@ def _read_lines(path: str) -> list[tuple[int, dict[str, Any]]]:
 
 
 async def _create_many(
-    producer: Producer,
+    client: Client,
     defaults: dict[str, Any],
     lines: list[tuple[int, dict[str, Any]]],
     args: argparse.Namespace,
@@ -265,12 +267,25 @@ async def _create_many(
         if not body.get("command"):
             raise UsageError(f"{args.file}:{number}: no command (give COMMAND or a command field)")
     started = time.monotonic()
+    done = 0
     with progress() as bar:
         created = bar.add_task("creating", total=len(bodies))
-        outcomes = await producer.create_many(
-            bodies,
-            concurrency=args.concurrency,
-            on_result=lambda _i, _o: bar.advance(created),
+
+        def on_result(_index: int, _outcome: object) -> None:
+            nonlocal done
+            done += 1
+            bar.advance(created)
+
+        def on_pause(seconds: float) -> None:
+            bar.console.print(
+                f"codeq: rate limited (429): waiting {seconds:g}s as the daemon asks, then "
+                f"going on ({done} of {len(bodies)} done)",
+                markup=False,
+                highlight=False,
+            )
+
+        outcomes = await client.create_many(
+            bodies, concurrency=args.concurrency, on_result=on_result, on_pause=on_pause
         )
     failures = [
         (number, outcome)
@@ -305,6 +320,11 @@ async def _get(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+# `task result`'s exit code says how the task ended, so `--wait` works in scripts.
+RESULT_EXIT_CODES = {"COMPLETED": 0, "FAILED": 3, "CANCELLED": 4}
+NOT_ENDED_EXIT_CODE = 1  # also codeq refused or unreachable
+
+
 async def _result(client: Client, args: argparse.Namespace) -> int:
     answer = await Producer(client).result(args.task_id, wait=args.wait)
     task, result = answer["task"], answer.get("result")
@@ -312,15 +332,15 @@ async def _result(client: Client, args: argparse.Namespace) -> int:
         emit_json(answer)
     else:
         _show_result(task, result)
-    if args.wait and result is None and task.get("status") != "CANCELLED":
-        note(f"task {args.task_id} is still {task.get('status')} after {args.wait:g}s")
-        return 1
-    return 0
+    status = str(task.get("status"))
+    if status not in RESULT_EXIT_CODES and args.wait:
+        note(f"task {args.task_id} is still {status} after {args.wait:g}s")
+    return RESULT_EXIT_CODES.get(status, NOT_ENDED_EXIT_CODE)
 
 
 def _show_result(task: JsonObject, result: JsonObject | None) -> None:
-    console = stdout()
-    shown: dict[str, Any] = {"id": task.get("id"), "status": task.get("status")}
+    status = task.get("status")
+    shown: dict[str, Any] = {"id": task.get("id"), "status": status}
     if result is not None:
         shown.update(
             completedAt=result.get("completedAt"),
@@ -328,9 +348,16 @@ def _show_result(task: JsonObject, result: JsonObject | None) -> None:
             error=result.get("error"),
             artifacts=result.get("artifacts") or None,
         )
+    elif status == "FAILED" and task.get("error") == "MAX_ATTEMPTS":
+        attempts = task.get("attempts")
+        shown["result"] = f"(none: dead-lettered after {attempts} attempt(s))"
+    elif status in RESULT_EXIT_CODES:
+        shown["result"] = f"(none: {str(status).lower()})"
     else:
-        shown["result"] = "(none yet)" if task.get("status") != "CANCELLED" else "(cancelled)"
-    console.print(record_table({k: v for k, v in shown.items() if v is not None}))
+        shown["result"] = "(none yet: not ended)"
+    shown.setdefault("error", task.get("error"))
+    shown["lastError"] = task.get("lastError")
+    stdout().print(record_table({k: v for k, v in shown.items() if v is not None}))
 
 
 async def _cancel(client: Client, args: argparse.Namespace) -> int:

@@ -21,8 +21,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import shlex
+import shutil
 import signal
 import sys
+from asyncio.subprocess import DEVNULL, PIPE
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,6 +48,15 @@ from codeq.commands.base import Subcommands, UsageError, command, group, split_n
 from codeq.commands.output import emit_json, note
 
 REASON_TAIL = 900  # characters of stderr kept as a nack reason (the API keeps 1024)
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL)
+# POSIX sh's reserved words and builtins: no program on PATH to look for.
+SHELL_WORDS = frozenset((
+    "!", "{", "}", "case", "do", "done", "elif", "else", "esac", "fi", "for", "if", "in",
+    "then", "until", "while", ".", ":", "[", "alias", "bg", "break", "cd", "command",
+    "continue", "echo", "eval", "exec", "exit", "export", "false", "fg", "getopts", "hash",
+    "jobs", "kill", "local", "printf", "pwd", "read", "readonly", "return", "set", "shift",
+    "test", "times", "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "wait",
+))  # fmt: skip
 KILL_GRACE_SECONDS = 2.0
 ENVELOPE_KEYS = frozenset({"status", "result", "error", "artifacts"})
 
@@ -220,6 +235,54 @@ def _tail(raw: bytes) -> str:
     return text if len(text) <= REASON_TAIL else "…" + text[-REASON_TAIL:]
 
 
+async def handler_problem(command: str, environ: Mapping[str, str]) -> str | None:
+    """Why the --handler command cannot run, as far as can be told without running
+    it: its shell syntax, and its program (the first word, unless the shell itself
+    or an expansion gives it) found and executable. None when nothing is wrong."""
+    check = await asyncio.create_subprocess_exec(
+        "/bin/sh", "-n", "-c", command, stdin=DEVNULL, stdout=DEVNULL, stderr=PIPE
+    )
+    _, err = await check.communicate()
+    if check.returncode != 0:
+        return f"not valid shell: {_tail(err)}"
+    return await asyncio.to_thread(_program_problem, command, environ)
+
+
+def _program_problem(command: str, environ: Mapping[str, str]) -> str | None:
+    program = _program(command)
+    if program is None:
+        return None
+    if "/" not in program:
+        found = shutil.which(program, path=environ.get("PATH"))
+        return None if found else f"{program!r} is not a command on PATH"
+    path = Path(program).expanduser()
+    if not path.exists():
+        return f"{program} does not exist (from {Path.cwd()})"
+    if path.is_dir():
+        return f"{program} is a directory"
+    if not os.access(path, os.X_OK):
+        return f"{program} is not executable (chmod +x {program})"
+    return None
+
+
+def _program(command: str) -> str | None:
+    """The program a simple shell command runs, or None when the shell decides it
+    (a builtin or keyword, an expansion, a subshell) or the line is past simple."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:
+        return None
+    for word in words:
+        if ASSIGNMENT.fullmatch(word):
+            continue  # NAME=value before the program
+        if word in SHELL_WORDS or any(c in word for c in "$`(){}<>|&;*?[!"):
+            return None
+        return word
+    return None
+
+
 async def _start(client: Client, args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
@@ -229,6 +292,9 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         raise UsageError("--poll must be between 0 and 30 seconds")
     if args.nack_delay is not None and not 0 <= args.nack_delay <= 86_400:
         raise UsageError("--nack-delay must be between 0 and 86400 seconds")
+    problem = await handler_problem(args.handler, os.environ)
+    if problem is not None:
+        raise UsageError(f"--handler {args.handler!r}: {problem}")
     _log_to_stderr(quiet=args.quiet)
     worker = Worker(
         client,
@@ -243,8 +309,18 @@ async def _start(client: Client, args: argparse.Namespace) -> int:
         max_tasks=args.max_tasks,
     )
 
+    signals = 0
+
     def on_signal(name: str) -> None:
-        note(f"{name}: stopping (no new claims; running handlers get {args.grace:g}s)")
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            note(
+                f"{name}: stopping: no new claims; running handlers get {args.grace:g}s "
+                "(Ctrl-C again: stop them now)"
+            )
+        else:
+            note(f"{name} again: stopping running handlers now; their tasks go back")
         worker.stop()
 
     loop = asyncio.get_running_loop()
