@@ -93,7 +93,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         from importlib.metadata import version
 
-        parser.exit(message=f"codeq {version('codeq')}\n")
+        print(f"codeq {version('codeq')}")
+        parser.exit()
 
 
 def _add_serve(commands: Subcommands) -> None:

@@ -81,8 +81,11 @@ def add(commands: Subcommands) -> None:
 
         The handler gets the task JSON on stdin and prints the result JSON on
         stdout (empty = {}); exit non-zero to nack (the reason is stderr's tail).
-        Ctrl-C: stop claiming, wait --grace seconds for running handlers, then
-        kill them and abandon their tasks (a second Ctrl-C skips the wait).
+        It is checked before the first claim (shell syntax, program found and
+        executable): a handler that cannot run is exit 2, no task touched.
+        Ctrl-C: stop claiming (a parked claim at once), wait --grace seconds for
+        running handlers, then kill them and abandon their tasks (a second Ctrl-C
+        skips the wait).
         """,
         pooled=True,
     )
