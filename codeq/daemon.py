@@ -22,6 +22,7 @@ from codeq import metrics, systemd
 from codeq.actors.base import Actor, Supervisor, first_of
 from codeq.actors.cleaner import SubscriptionCleaner
 from codeq.actors.dispatcher import CallbackDispatcher
+from codeq.actors.firer import ScheduleFirer
 from codeq.actors.janitor import Janitor
 from codeq.actors.mover import DelayedMover
 from codeq.actors.notifier import Notifier
@@ -159,7 +160,10 @@ class Daemon:
         self.webhooks = WebhookClient(secret=config.webhook_hmac_secret, guard=guard)
         await self.webhooks.start()
         notifier, dispatcher, cleaner = webhook_actors(config, self.store, scheduler, self.webhooks)
-        actors: list[Actor] = [scheduler, mover, reaper, notifier, dispatcher, cleaner]
+        firer = ScheduleFirer(
+            self.store, scheduler, max_attempts_default=config.max_attempts_default
+        )
+        actors: list[Actor] = [scheduler, mover, reaper, notifier, dispatcher, cleaner, firer]
         artifacts = ArtifactStore(
             Path(config.local_artifacts_dir or config.state_directory() / "artifacts"),
             max_bytes=config.artifact_max_bytes,
@@ -196,6 +200,7 @@ class Daemon:
             artifacts=artifacts,
         )
         self.service.subscriptions.changed = cleaner.poke
+        self.service.schedules.due_at = firer.due_at
         self.limiter = RateLimiter(self.store, rate_limits(config))
         self.auth = build_auth(config)
         self.dev_token = self.auth.dev_token

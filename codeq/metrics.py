@@ -275,3 +275,21 @@ NOTIFICATIONS_DROPPED = Counter(
     "codeq_notifications_dropped_total",
     "Work-available events dropped because the notifier's inbox was full.",
 )
+
+SCHEDULE_FIRES = Counter(
+    "codeq_schedule_fires_total",
+    "Tasks made by recurring schedules: on_time (within the misfire grace), catch_up"
+    " (misfire policy run_once), run (run now).",
+    ["kind"],
+)
+SCHEDULE_MISFIRES = Counter(
+    "codeq_schedule_misfires_total",
+    "Fire times of recurring schedules passed over without a task (the daemons were down"
+    " or late past the misfire grace), by misfire policy.",
+    ["policy"],
+)
+SCHEDULE_LATENESS = Histogram(
+    "codeq_schedule_lateness_seconds",
+    "Time from a schedule's fire time to the fire that made or skipped its task.",
+    buckets=(*_FAST_BUCKETS, 30, 60, 300, 3600),
+)

@@ -149,6 +149,7 @@ PATH_PARAMETERS: Mapping[str, dict[str, Any]] = {
     "subscription": _segment(TASK_ID_RE.pattern, "a subscription id"),
     "command": _segment(COMMAND_RE.pattern, "a command name"),
     "name": _segment(ARTIFACT_NAME_RE.pattern, "an inline artifact's name"),
+    "schedule": _segment(COMMAND_RE.pattern, "a schedule's name"),
 }
 
 
@@ -173,6 +174,7 @@ class Operation:
 _TASK_ID = f"{PREFIX}/tasks/{{id}}"
 _QUEUE = f"{PREFIX}/admin/queues/{{command}}"
 _SUBS = f"{PREFIX}/workers/subscriptions"
+_SCHEDULE = f"{PREFIX}/admin/schedules/{{schedule}}"
 
 _ID = "$response.body#/id"
 _FIRST_TASK_ID = "$response.body#/tasks/0/id"
@@ -264,6 +266,20 @@ OPERATIONS: tuple[Operation, ...] = (
               wire.CLEANUP, answers={200: "Cleanup"}),
     Operation("GET", f"{PREFIX}/admin/callbacks", "Abandoned result callbacks", "admin",
               query=wire.CALLBACKS_QUERY, answers={200: "AbandonedCallbacks"}),
+    Operation("GET", f"{PREFIX}/admin/schedules", "The tenant's recurring schedules", "admin",
+              answers={200: "ScheduleList"}),
+    Operation("PUT", _SCHEDULE, "Create or replace a recurring schedule", "admin",
+              wire.SCHEDULE, answers={200: "Schedule", 201: "Schedule"}),
+    Operation("GET", _SCHEDULE, "A schedule and its next 5 fire times", "admin",
+              answers={200: "Schedule", 404: "Error"}),
+    Operation("DELETE", _SCHEDULE, "Delete a schedule (its tasks stay)", "admin",
+              answers={200: "ScheduleDeleted", 404: "Error"}),
+    Operation("POST", f"{_SCHEDULE}/pause", "Pause a schedule", "admin",
+              answers={200: "Schedule", 404: "Error"}),
+    Operation("POST", f"{_SCHEDULE}/resume", "Resume a schedule from its next fire time",
+              "admin", answers={200: "Schedule", 404: "Error", 409: "Error"}),
+    Operation("POST", f"{_SCHEDULE}/run", "Make the schedule's task now", "admin",
+              answers={202: "Task", 404: "Error", 409: "Error"}),
 )  # fmt: skip
 
 _ERRORS = {
@@ -409,6 +425,17 @@ SCHEMAS: Mapping[str, dict[str, Any]] = {
     "SubscriptionList": _object({"subscriptions": {"type": "array",
                                                    "items": _ref("Subscription")}}),
     "SubscriptionRenewed": _object({"subscriptionId": _STRING, "expiresAt": _TIME}),
+    "Schedule": _object({
+        "name": _STRING, "command": _STRING, "payload": {}, "priority": _INT,
+        "timezone": _STRING, "misfire": {"type": "string", "enum": ["skip", "run_once"]},
+        "misfireGraceSeconds": _INT, "paused": _BOOL,
+        "state": {"type": "string", "enum": ["active", "paused", "ended"]},
+        "nextFireTimes": {"type": "array", "items": _TIME}, "fires": _INT, "misfires": _INT,
+        "version": _INT, "createdAt": _TIME, "updatedAt": _TIME},
+        {"cron": _STRING, "intervalSeconds": _INT, "maxAttempts": _INT, "webhook": _STRING,
+         "startAt": _TIME, "endAt": _TIME, "lastFireAt": _TIME, "lastTaskId": _STRING}),
+    "ScheduleList": _object({"schedules": {"type": "array", "items": _ref("Schedule")}}),
+    "ScheduleDeleted": _object({"name": _STRING, "deleted": _BOOL}),
     "Health": _object({"status": _STRING}),
     "Readiness": _object({"status": {"type": "string",
                                     "enum": ["ready", "degraded", "unavailable", "draining"]}},
@@ -434,7 +461,7 @@ def _answer(description: str) -> dict[str, Any]:
 
 def _path_parameters(op: Operation) -> list[dict[str, Any]]:
     params = []
-    for name in ("id", "command", "name"):
+    for name in ("id", "command", "name", "schedule"):
         if f"{{{name}}}" in op.path:
             kind = "subscription" if name == "id" and op.path.startswith(_SUBS) else name
             params.append({"name": name, "in": "path", "required": True,

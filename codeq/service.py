@@ -40,6 +40,7 @@ from codeq.domain import (
     Task,
 )
 from codeq.observability import LogBudget
+from codeq.schedules import Schedules
 from codeq.store import keys
 from codeq.store.store import NewTaskRow, Recorded
 from codeq.subscriptions import Subscriptions, SubscriptionSettings
@@ -110,6 +111,12 @@ class Service:
             tag_for=self._tag_for,
             ended=self._ended,
             dispatcher=dispatcher,
+        )
+        self.schedules = Schedules(
+            store,
+            max_attempts_default=settings.max_attempts_default,
+            became_ready=lambda tag, command: scheduler.became_ready(tag, command),
+            check_webhook=self._check_webhook,
         )
 
     # ------------------------------------------------------------ producers

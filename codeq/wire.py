@@ -12,8 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import available_timezones
 
 import orjson
 
@@ -69,6 +71,7 @@ from codeq.domain import (
     trace_parent_problem,
     trace_state_problem,
 )
+from codeq.schedules import DEFAULT_MISFIRE_GRACE_SECONDS, Schedule, ScheduleSpec
 
 Body = Mapping[str, Any]
 
@@ -1120,3 +1123,160 @@ def parse_batch_results(body: Body) -> list[tuple[str, str | None, ResultSubmiss
 def error_item(exc: CodeqError, status: int) -> dict[str, Any]:
     """A batch item's failure: codeQ's {"error"} plus its HTTP-like status code."""
     return {"error": exc.message, "code": status, **exc.extra}
+
+
+# ------------------------------------------------------------ recurring schedules
+
+MAX_INTERVAL_SECONDS = 366 * 86_400
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" for c in word)
+
+
+def _cron_field(number: str, names: tuple[str, ...] = ()) -> str:
+    """One cron field: *, a value or a range, each with an optional /step, listed by
+    commas; values are numbers in range or (months, weekdays) English names."""
+    value = f"(?:{number}{''.join('|' + _any_case(n) for n in names)})"
+    item = rf"(?:\*|{value}(?:-{value})?)(?:/[1-9][0-9]{{0,2}})?"
+    return f"{item}(?:,{item}){{0,19}}"
+
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+CRON_PATTERN = "(?:@(?:hourly|daily|weekly|monthly|yearly|annually|midnight)|{})".format(
+    " +".join(
+        (
+            _cron_field("[0-5]?[0-9]"),
+            _cron_field("[01]?[0-9]|2[0-3]"),
+            _cron_field("0?[1-9]|[12][0-9]|3[01]"),
+            _cron_field("0?[1-9]|1[0-2]", _MONTHS),
+            _cron_field("0?[0-7]", _WEEKDAYS),
+        )
+    )
+)
+
+
+@lru_cache(maxsize=1)
+def time_zones() -> tuple[str, ...]:
+    """The IANA zone names this host's zoneinfo knows (the document lists them)."""
+    return tuple(sorted(available_timezones()))
+
+
+SCHEDULE = Shape(
+    {
+        "command": replace(_COMMAND, required=True),
+        "payload": replace(CREATE["payload"], description="the tasks' payload (any but null)"),
+        "priority": CREATE["priority"],
+        "maxAttempts": CREATE["maxAttempts"],
+        "webhook": CREATE["webhook"],
+        "cron": Field(
+            "string",
+            max_length=256,
+            pattern=CRON_PATTERN,
+            description="5 fields (minute hour day-of-month month day-of-week: numbers, "
+            "names, * , - /) or @hourly, @daily, @weekly, @monthly, @yearly; one that "
+            "never fires (Feb 30) makes a schedule with no fire times",
+        ),
+        "intervalSeconds": Field("integer", 1, MAX_INTERVAL_SECONDS),
+        "timezone": Field(
+            "string",
+            max_length=64,
+            enum=time_zones(),
+            description="IANA name for cron times (default UTC)",
+        ),
+        "startAt": replace(_TIME, description="no fire before (RFC 3339)"),
+        "endAt": replace(_TIME, description="no fire after (RFC 3339)"),
+        "misfire": Field(
+            "string", enum=("skip", "run_once"), description="after downtime; default skip"
+        ),
+        "misfireGraceSeconds": Field(
+            "integer", 0, 86_400, description="later than this is a misfire (default 60)"
+        ),
+    },
+    exactly_one=("cron", "intervalSeconds"),
+)
+SCHEDULE_FIELDS = SCHEDULE.names
+
+
+def parse_schedule(name: str, body: Body) -> ScheduleSpec:
+    """A schedule PUT; the schedule checks its cron, zone and times itself."""
+    command = _text(body, SCHEDULE, "command")
+    assert command is not None
+    if not SCHEDULE["command"].matches(command):
+        raise Invalid("command may only contain letters, digits and _ . : -", field="command")
+    cron = _text(body, SCHEDULE, "cron")
+    if cron is not None and not SCHEDULE["cron"].matches(cron):
+        raise Invalid(
+            "cron must have 5 fields (minute hour day-of-month month day-of-week) of "
+            f"numbers, names, * , - / or be an alias like @daily, got {cron!r}",
+            field="cron",
+        )
+    zone = _text(body, SCHEDULE, "timezone") or "UTC"
+    if zone not in time_zones():
+        raise Invalid(
+            f"timezone must be an IANA time zone name (e.g. Europe/Berlin), got {zone!r}",
+            field="timezone",
+        )
+    interval = _int(body, SCHEDULE, "intervalSeconds")
+    if (cron is None) == (interval is None):
+        given = "both were given" if cron is not None else "neither was given"
+        raise Invalid(f"give exactly one of cron or intervalSeconds ({given})", field="cron")
+    misfire = _text(body, SCHEDULE, "misfire") or "skip"
+    if misfire not in SCHEDULE["misfire"].enum:
+        raise Invalid(f"misfire must be skip or run_once, got {misfire!r}", field="misfire")
+    payload = body.get("payload")
+    if payload is None:
+        raise Invalid("payload is required (any JSON value but null, e.g. {})", field="payload")
+    grace = _int(body, SCHEDULE, "misfireGraceSeconds")
+    return ScheduleSpec(
+        name=name,
+        command=command,
+        payload=orjson.dumps(payload).decode(),
+        priority=clamp_priority(_int(body, SCHEDULE, "priority") or 0),
+        max_attempts=_int(body, SCHEDULE, "maxAttempts"),
+        webhook=_url(body, SCHEDULE, "webhook"),
+        cron=cron,
+        interval_seconds=interval,
+        timezone=zone,
+        start_at_ms=_time_ms(body, SCHEDULE, "startAt"),
+        end_at_ms=_time_ms(body, SCHEDULE, "endAt"),
+        misfire=misfire,
+        misfire_grace_seconds=DEFAULT_MISFIRE_GRACE_SECONDS if grace is None else grace,
+    )
+
+
+def schedule_to_wire(schedule: Schedule) -> dict[str, Any]:
+    spec = schedule.spec
+    body: dict[str, Any] = {
+        "name": spec.name,
+        "command": spec.command,
+        "payload": orjson.loads(spec.payload),
+        "priority": spec.priority,
+        "timezone": spec.timezone,
+        "misfire": spec.misfire,
+        "misfireGraceSeconds": spec.misfire_grace_seconds,
+        "paused": schedule.paused,
+        "state": "paused"
+        if schedule.paused
+        else "ended"
+        if schedule.next_at_ms is None
+        else "active",
+        "nextFireTimes": [rfc3339(at) for at in schedule.upcoming()],
+        "fires": schedule.fires,
+        "misfires": schedule.misfires,
+        "version": schedule.version,
+        "createdAt": rfc3339(schedule.created_at_ms),
+        "updatedAt": rfc3339(schedule.updated_at_ms),
+    }
+    optional = {
+        "cron": spec.cron,
+        "intervalSeconds": spec.interval_seconds,
+        "maxAttempts": spec.max_attempts,
+        "webhook": spec.webhook,
+        "startAt": rfc3339(spec.start_at_ms),
+        "endAt": rfc3339(spec.end_at_ms),
+        "lastFireAt": rfc3339(schedule.last_fire_at_ms),
+        "lastTaskId": schedule.last_task_id,
+    }
+    return body | {key: value for key, value in optional.items() if value is not None}

@@ -623,6 +623,65 @@ async def admin_callbacks(request: web.Request) -> web.Response:
     return _respond(request, {"abandoned": [wire.callback_to_wire(c) for c in callbacks]})
 
 
+# ------------------------------------------------------------ recurring schedules
+
+
+async def admin_schedule_put(request: web.Request) -> web.Response:
+    """201 with the new schedule, 200 with the replaced one."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    spec = wire.parse_schedule(
+        request.match_info["schedule"], await _body(request, wire.SCHEDULE_FIELDS)
+    )
+    schedule, created = await ctx.service.schedules.put(who, spec)
+    return _respond(request, wire.schedule_to_wire(schedule), 201 if created else 200)
+
+
+async def admin_schedule_get(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    schedule = await ctx.service.schedules.get(who, request.match_info["schedule"])
+    return json_response(wire.schedule_to_wire(schedule))
+
+
+async def admin_schedules(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    schedules = await ctx.service.schedules.list(who)
+    return json_response({"schedules": [wire.schedule_to_wire(s) for s in schedules]})
+
+
+async def admin_schedule_delete(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    name = request.match_info["schedule"]
+    await ctx.service.schedules.delete(who, name)
+    return json_response({"name": name, "deleted": True})
+
+
+async def admin_schedule_pause(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    schedule = await ctx.service.schedules.pause(who, request.match_info["schedule"])
+    return json_response(wire.schedule_to_wire(schedule))
+
+
+async def admin_schedule_resume(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    schedule = await ctx.service.schedules.resume(who, request.match_info["schedule"])
+    return json_response(wire.schedule_to_wire(schedule))
+
+
+async def admin_schedule_run(request: web.Request) -> web.Response:
+    """Run now: the schedule's task, made at once (202, as a create)."""
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    task = await ctx.service.schedules.run(who, request.match_info["schedule"])
+    _bind_task(task)
+    return json_response(wire.task_to_wire(task), 202)
+
+
 async def openapi_document(request: web.Request) -> web.Response:
     return json_response(openapi.document())
 
@@ -687,6 +746,14 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_post(f"{admin}/tasks/{{id}}/fail", admin_fail)
     app.router.add_post(f"{admin}/tasks/cleanup", admin_cleanup)
     app.router.add_get(f"{admin}/callbacks", admin_callbacks)
+    schedule = f"{admin}/schedules/{{schedule}}"
+    app.router.add_get(f"{admin}/schedules", admin_schedules)
+    app.router.add_put(schedule, admin_schedule_put)
+    app.router.add_get(schedule, admin_schedule_get)
+    app.router.add_delete(schedule, admin_schedule_delete)
+    app.router.add_post(f"{schedule}/pause", admin_schedule_pause)
+    app.router.add_post(f"{schedule}/resume", admin_schedule_resume)
+    app.router.add_post(f"{schedule}/run", admin_schedule_run)
     return app
 
 

@@ -31,6 +31,11 @@ Layout (``P`` = ``cq:{tag}:``)::
     P cb:<callback id>       hash     a result callback in the outbox (URL, body record, attempts)
     P cbq                    zset     callback IDs by next delivery attempt (ms)
     P cbdead                 zset     abandoned callback IDs by abandon time (ms)
+    P sch:<name>             hash     a recurring schedule: spec (JSON), next (ms, '' = ended),
+                                      version, paused, fires, misfires, lastFireAt, lastTaskId
+    P schs                   zset     names of the active schedules by next fire time (ms):
+                                      the schedule firer's index (paused or ended: absent)
+    P schn                   set      names of every schedule (the listing)
 
 A callback ID is ``<task id>:<terminal time ms>``; a subscription ID, like a task
 ID, starts with its tenant's tag.
@@ -165,6 +170,19 @@ def outbox(tag: str) -> str:
 
 def abandoned_callbacks(tag: str) -> str:
     return f"{prefix(tag)}cbdead"
+
+
+def schedule(tag: str, name: str) -> str:
+    return f"{prefix(tag)}sch:{name}"
+
+
+def schedules_due(tag: str) -> str:
+    """The active schedules of a tenant by next fire time."""
+    return f"{prefix(tag)}schs"
+
+
+def schedule_names(tag: str) -> str:
+    return f"{prefix(tag)}schn"
 
 
 def idempotency(tag: str, key: str) -> str:

@@ -40,6 +40,11 @@ NAMES = (
     "task_page",
     "admin_requeue",
     "admin_fail",
+    "schedule_put",
+    "schedule_fire",
+    "schedule_pause",
+    "schedule_delete",
+    "schedule_due",
 )
 # Scripts that do not work on a tenant: lib.lua (which reads KEYS[1] as a tenant
 # prefix) is not prepended, and KEYS[1] is whatever single key the script names.

@@ -44,6 +44,13 @@ from codeq.domain import (
     TaskState,
     Unavailable,
 )
+from codeq.schedules import (
+    DueSchedule,
+    Schedule,
+    ScheduleSpec,
+    schedule_from_fields,
+)
+from codeq.schedules import idempotency_key as schedule_key
 from codeq.store import keys
 from codeq.store.health import StoreHealth
 from codeq.store.scripts import Scripts
@@ -885,6 +892,157 @@ class Store:
         async with self._reachable():
             return int(await self.redis.zcard(keys.outbox(tag)))
 
+    # ------------------------------------------------------------ schedules
+
+    async def put_schedule(
+        self, tag: str, spec: ScheduleSpec, *, next_at_ms: int | None, now_ms: int
+    ) -> bool:
+        """Creates or replaces a schedule; True when it is new."""
+        reply = await self._call(
+            "schedule_put", tag, spec.name, spec.to_json(), _ms_or_blank(next_at_ms), now_ms
+        )
+        return bool(reply[0] == "created")
+
+    async def schedule(self, tag: str, name: str) -> Schedule | None:
+        async with self._reachable():
+            fields: dict[str, str] = await self.redis.hgetall(keys.schedule(tag, name))  # type: ignore[assignment]
+        return schedule_from_fields(fields) if fields.get("spec") else None
+
+    async def schedules(self, tag: str) -> list[Schedule]:
+        """Every schedule of a tenant, by name."""
+        async with self._reachable():
+            members: set[str] = await self.redis.smembers(keys.schedule_names(tag))  # type: ignore[assignment]
+            names = sorted(members)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hgetall(keys.schedule(tag, name))
+                rows = await pipe.execute() if names else []
+        return [schedule_from_fields(row) for row in rows if row.get("spec")]
+
+    async def delete_schedule(self, tag: str, name: str) -> bool:
+        return bool(await self._call("schedule_delete", tag, name))
+
+    async def set_schedule_paused(
+        self, tag: str, name: str, *, paused: bool, next_at_ms: int | None, version: int | None
+    ) -> bool:
+        """Pauses or resumes; False when the version moved (read again)."""
+        reply = await self._call(
+            "schedule_pause",
+            tag,
+            name,
+            1 if paused else 0,
+            _ms_or_blank(next_at_ms),
+            "" if version is None else version,
+        )
+        if reply == "not_found":
+            raise NotFound(f"no schedule named {name!r}")
+        return bool(reply == "ok")
+
+    async def due_schedules(
+        self, tag: str, *, now_ms: int, batch: int
+    ) -> tuple[list[DueSchedule], int | None]:
+        """The schedules whose fire time has come, and the earliest fire time after
+        now of the tenant's other active schedules (None: none)."""
+        reply = await self._call("schedule_due", tag, now_ms, batch)
+        earliest = int(float(reply[0])) if reply[0] != "" else None
+        due = [
+            DueSchedule(name, spec, int(next_at), int(version))
+            for name, spec, next_at, version in zip(*[iter(reply[1:])] * 4, strict=True)
+            if next_at != ""
+        ]
+        return due, earliest
+
+    async def fire_schedule(
+        self,
+        tag: str,
+        due: DueSchedule,
+        spec: ScheduleSpec,
+        *,
+        create: bool,
+        task_fire_at_ms: int,
+        next_at_ms: int | None,
+        missed: int,
+        tenant: str,
+        max_attempts: int,
+        now_ms: int,
+    ) -> tuple[str, str]:
+        """One fire (see schedule_fire.lua): ('stale', ''), ('skipped', ''), or
+        ('created' | 'existing', task id)."""
+        reply = await self._call(
+            "schedule_fire",
+            tag,
+            *self._schedule_task_args(
+                due.name,
+                "fire",
+                due.next_at_ms,
+                due.version,
+                _ms_or_blank(next_at_ms),
+                create,
+                missed,
+                spec,
+                max_attempts,
+                schedule_key(due.name, task_fire_at_ms),
+                now_ms,
+                tenant,
+            ),
+        )
+        return str(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+
+    async def run_schedule(
+        self, tag: str, schedule: Schedule, *, tenant: str, key: str, max_attempts: int, now_ms: int
+    ) -> Task | None:
+        """Makes a schedule's task now; None when the schedule changed meanwhile."""
+        spec = schedule.spec
+        reply = await self._call(
+            "schedule_fire",
+            tag,
+            *self._schedule_task_args(
+                spec.name, "run", 0, schedule.version, "", True, 0, spec, max_attempts, key,
+                now_ms, tenant,
+            ),
+        )  # fmt: skip
+        if reply[0] == "stale":
+            return None
+        return await self.get_task(tag, str(reply[1]))
+
+    def _schedule_task_args(
+        self,
+        name: str,
+        mode: str,
+        expected_next: int,
+        version: int,
+        next_at: int | str,
+        create: bool,
+        missed: int,
+        spec: ScheduleSpec,
+        max_attempts: int,
+        key: str,
+        now_ms: int,
+        tenant: str,
+    ) -> tuple[Any, ...]:
+        return (
+            name,
+            mode,
+            expected_next,
+            version,
+            next_at,
+            1 if create else 0,
+            missed,
+            keys.new_task_id(keys.tenant_tag(tenant)),
+            spec.command,
+            spec.payload,
+            spec.priority,
+            max_attempts,
+            spec.webhook or "",
+            keys.idempotency_digest(key),
+            key,
+            self._idempotency_ttl_ms,
+            now_ms,
+            self._history_limit,
+            self.origin,
+            tenant,
+        )
+
     # ------------------------------------------------------------ reads
 
     async def existing_tasks(self, tag: str, task_ids: Sequence[str]) -> set[str]:
@@ -918,6 +1076,10 @@ class Store:
             at, event = detail.pop("at"), detail.pop("event")
             entries.append(HistoryEntry(at_ms=int(at), event=event, detail=detail))
         return entries
+
+
+def _ms_or_blank(ms: int | None) -> int | str:
+    return "" if ms is None else ms
 
 
 def _created(reply: Any, row: NewTaskRow, tenant: str, now_ms: int) -> tuple[Task, bool]:

@@ -16,6 +16,7 @@ local function k_subs_of(cmd) return P .. 'subs:' .. cmd end
 local function k_gate(id) return P .. 'ntf:' .. id end
 local function k_rr(cmd, group) return P .. 'rr:' .. cmd .. ':' .. group end
 local function k_callback(id) return P .. 'cb:' .. id end
+local function k_schedule(name) return P .. 'sch:' .. name end
 local K_SUBS = P .. 'subs'
 local K_SUBCMDS = P .. 'subcmds'
 local K_OUTBOX = P .. 'cbq'
@@ -23,6 +24,8 @@ local K_CB_DEAD = P .. 'cbdead'
 local K_CMDS = P .. 'cmds'
 local K_PAUSED = P .. 'paused'
 local K_RET = P .. 'ret'
+local K_SCHEDULES = P .. 'schs'
+local K_SCHEDULE_NAMES = P .. 'schn'
 local READY_CHANNEL = 'cq:ready'
 local TAG = string.sub(P, 5, -3)
 
