@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from conftest import Api, RunningDaemon, wait_for
 from redis.asyncio import Redis
+from test_cli import Cli
 
 from codeq.domain import Invalid
 from codeq.schedules import (
@@ -384,3 +385,38 @@ async def test_lua_schedule_key_names_match_python(redis: Redis) -> None:
         lib + "\nreturn {k_schedule('n'), K_SCHEDULES, K_SCHEDULE_NAMES}", 1, keys.prefix(TAG)
     )
     assert names == [keys.schedule(TAG, "n"), keys.schedules_due(TAG), keys.schedule_names(TAG)]
+
+
+# ------------------------------------------------------------ the CLI
+
+
+async def test_schedule_cli_put_get_list_run_pause_resume_delete(
+    daemon: RunningDaemon, api: Api, tmp_path: Path
+) -> None:
+    """`codeq schedule …` drives the admin API: put, get, list, run, pause, resume, delete."""
+    codeq = Cli(daemon, tmp_path)
+    put_cli = await codeq(
+        "schedule", "put", "nightly", "--command", "report", "--cron", "30 2 * * *",
+        "--timezone", "Europe/Berlin", "--payload", '{"kind": "daily"}', "--json", who="admin",
+    )  # fmt: skip
+    assert put_cli.code == 0, put_cli.err
+    assert put_cli.json()["payload"] == {"kind": "daily"}
+    got = await codeq("schedule", "get", "nightly", "--json", who="admin")
+    assert got.code == 0 and len(got.json()["nextFireTimes"]) == 5
+    listed = await codeq("schedule", "list", who="admin")
+    assert listed.code == 0 and "nightly" in listed.out and "1 schedule(s)" in listed.err
+    ran = await codeq("schedule", "run", "nightly", "--json", who="admin")
+    assert ran.code == 0
+    assert [t["id"] for t in await tasks_of(api, "report")] == [ran.json()["id"]]
+    paused = await codeq("schedule", "pause", "nightly", "--json", who="admin")
+    assert paused.json()["state"] == "paused"
+    resumed = await codeq("schedule", "resume", "nightly", "--json", who="admin")
+    assert resumed.json()["state"] == "active"
+    assert (await codeq("schedule", "delete", "nightly", who="admin")).code == 0
+    missing = await codeq("schedule", "get", "nightly", who="admin")
+    assert missing.code == 1 and "no schedule named" in missing.err
+    bad = await codeq(
+        "schedule", "put", "x", "--command", "A", "--cron", "@daily", "--timezone", "Nowhere/X",
+        who="admin",
+    )  # fmt: skip
+    assert bad.code == 1 and "timezone" in bad.err
