@@ -8,7 +8,7 @@ import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -274,13 +274,26 @@ class Service:
 
     # ------------------------------------------------------------ workers
 
-    async def claim(self, who: Principal, req: ClaimRequest) -> Task | None:
+    async def claim(
+        self, who: Principal, req: ClaimRequest, gone: Callable[[], bool] | None = None
+    ) -> Task | None:
         """Leases the next task, long-polling up to waitSeconds; None when none came."""
-        tasks = await self.claim_many(who, req, count=1)
+        tasks = await self.claim_many(who, req, count=1, gone=gone)
         return tasks[0] if tasks else None
 
-    async def claim_many(self, who: Principal, req: ClaimRequest, count: int) -> list[Task]:
-        """Leases up to `count` tasks, long-polling until at least one is ready."""
+    async def claim_many(
+        self,
+        who: Principal,
+        req: ClaimRequest,
+        count: int,
+        gone: Callable[[], bool] | None = None,
+    ) -> list[Task]:
+        """Leases up to `count` tasks, long-polling until at least one is ready.
+
+        `gone`: whether the caller has left (its connection closed). A long-poll
+        whose caller left claims nothing when woken -- it hands the wake-up on to the
+        next waiter -- and tasks leased just as it left are given back at once, so a
+        dropped poll never strands a task until its lease ends."""
         _require_scope(who, "codeq:claim")
         commands = self._claimable(who, req.commands)
         tag = keys.tenant_tag(who.tenant)
@@ -293,12 +306,31 @@ class Service:
         deadline = asyncio.get_running_loop().time() + req.wait_seconds
         async with self.scheduler.waiter(tag, commands) as waiter:
             while not self.draining:
+                if gone is not None and gone():
+                    waiter.pass_on()
+                    return []
                 tasks = await self._claim_now(tag, commands, who, lease_ms, count)
                 if tasks:
                     waiter.pass_on()
-                    return tasks
+                    return await self._unless_gone(who, tasks, gone)
                 if not await waiter.wait(deadline):
                     break
+        return []
+
+    async def _unless_gone(
+        self, who: Principal, tasks: list[Task], gone: Callable[[], bool] | None
+    ) -> list[Task]:
+        """The tasks, or none when the caller left while they were leased: then each
+        is given back (next in line), as its holder would on an abandon."""
+        if gone is None or not gone():
+            return tasks
+        tag = keys.tenant_tag(who.tenant)
+        for task in tasks:  # not self.abandon: the token need not have codeq:abandon
+            proof = LeaseProof(worker_id=who.subject, lease_token=task.lease_token)
+            with contextlib.suppress(CodeqError):
+                if await self.store.abandon(tag, task.id, proof, now_ms=now_ms()) is not None:
+                    self.scheduler.became_ready(tag, task.command)
+        log.info("claim's caller left; its tasks given back", tasks=[t.id for t in tasks])
         return []
 
     async def _claim_now(

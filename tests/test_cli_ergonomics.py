@@ -85,15 +85,12 @@ async def test_ctrl_c_on_an_idle_worker_ends_its_long_poll_at_once(
     assert "SIGINT: stopping" in done.err and "claimed 0" in done.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug (transports/http.py claim_task): a long-poll claim whose client "
-    "has gone still leases the next task, which then waits out its lease",
-)
 async def test_a_dropped_long_poll_leases_nothing(
     codeq: Cli, api: Api, daemon: RunningDaemon
 ) -> None:
-    """After Ctrl-C dropped a parked claim, the next task goes to the next claim."""
+    """After Ctrl-C dropped a parked claim, the next task goes to the next claim (the
+    daemon's long-poll whose client left hands the wake-up on; it used to lease the
+    task to nobody until the lease ran out)."""
     worker = await codeq.start(
         "worker", "start", "--events", "DROP", "--poll", "30", "--handler", "true", who="worker"
     )

@@ -230,6 +230,16 @@ def _respond(request: web.Request, body: Any, status: int = 200) -> web.Response
     return json_response(body, status, {"X-CodeQ-Warning": warning} if warning else None)
 
 
+def _gone(request: web.Request) -> Callable[[], bool]:
+    """Whether the client of a long-poll has closed its connection."""
+
+    def gone() -> bool:
+        transport = request.transport
+        return transport is None or transport.is_closing()
+
+    return gone
+
+
 def _proof(request: web.Request, who: Principal, body: dict[str, Any]) -> LeaseProof:
     token = wire.parse_lease_token(body, request.headers.get("X-Lease-Token"))
     return LeaseProof(worker_id=who.subject, lease_token=token)
@@ -275,7 +285,7 @@ async def claim_task(request: web.Request) -> web.StreamResponse:
     warnings: list[str] = []
     req = wire.parse_claim(await _body(request, wire.CLAIM_FIELDS, who), warnings)
     _add_warnings(request, warnings)
-    task = await ctx.service.claim(who, req)
+    task = await ctx.service.claim(who, req, gone=_gone(request))
     if task is not None:
         _bind_task(task)
     if task is None:
@@ -419,7 +429,7 @@ async def claim_batch(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.worker)
     req, count = wire.parse_batch_claim(await _body(request, wire.BATCH_CLAIM_FIELDS, who))
-    tasks = await ctx.service.claim_many(who, req, count)
+    tasks = await ctx.service.claim_many(who, req, count, gone=_gone(request))
     if not tasks:
         response = web.Response(status=204)
         if request.get(WARNING):
