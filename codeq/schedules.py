@@ -374,6 +374,7 @@ class Schedules:
             if task is not None:
                 self.became_ready(tag, task.command)
                 metrics.SCHEDULE_FIRES.labels("run").inc()
+                metrics.TASK_CREATED.labels(task.command).inc()
                 return task
         raise Conflict(f"schedule {name!r} kept changing; try again")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import Api, RunningDaemon, wait_for
+from conftest import Api, RunningDaemon, store_client, wait_for
 from redis.asyncio import Redis
 from test_cli import Cli
 
@@ -27,6 +27,7 @@ from codeq.schedules import (
     plan_fire,
 )
 from codeq.store import keys
+from codeq.store.store import Store
 
 ADMIN = "/v1/codeq/admin"
 TAG = keys.tenant_tag("acme")
@@ -420,3 +421,50 @@ async def test_schedule_cli_put_get_list_run_pause_resume_delete(
         who="admin",
     )  # fmt: skip
     assert bad.code == 1 and "timezone" in bad.err
+
+
+# ------------------------------------------------------------ the fire script
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """The store layer on the test store, to fire by hand at chosen times."""
+    store = Store(store_client(store_url), origin="test")
+    await store.connect()
+    yield store
+    await store.close()
+
+
+async def test_two_fires_of_one_read_make_one_task(store: Store) -> None:
+    """Two firers that read the same due schedule: the first fires, the second is stale."""
+    spec = ScheduleSpec(name="race", command="A", payload="{}", interval_seconds=60)
+    await store.put_schedule(TAG, spec, next_at_ms=60_000, now_ms=0)
+    [due], _ = await store.due_schedules(TAG, now_ms=60_000, batch=10)
+    plan = plan_fire(spec, due.next_at_ms, 60_000)
+    fire: dict[str, Any] = {
+        "create": plan.create, "task_fire_at_ms": plan.task_fire_at_ms,
+        "next_at_ms": plan.next_at_ms, "missed": 0, "tenant": "acme", "max_attempts": 5,
+        "now_ms": 60_000,
+    }  # fmt: skip
+    first = await store.fire_schedule(TAG, due, spec, **fire)
+    second = await store.fire_schedule(TAG, due, spec, **fire)
+    assert first[0] == "created" and second == ("stale", "")
+    schedule = await store.schedule(TAG, "race")
+    assert schedule is not None
+    assert (schedule.next_at_ms, schedule.fires, schedule.last_task_id) == (120_000, 1, first[1])
+
+
+async def test_an_edit_after_the_read_wins_over_the_fire(store: Store) -> None:
+    """A PUT between a firer's read and its fire bumps the version: the fire is refused."""
+    spec = ScheduleSpec(name="edit", command="A", payload="{}", interval_seconds=60)
+    await store.put_schedule(TAG, spec, next_at_ms=60_000, now_ms=0)
+    [due], _ = await store.due_schedules(TAG, now_ms=60_000, batch=10)
+    edited = ScheduleSpec(name="edit", command="B", payload="{}", interval_seconds=60)
+    await store.put_schedule(TAG, edited, next_at_ms=60_000, now_ms=1)
+    outcome = await store.fire_schedule(
+        TAG, due, spec, create=True, task_fire_at_ms=60_000, next_at_ms=120_000, missed=0,
+        tenant="acme", max_attempts=5, now_ms=60_000,
+    )  # fmt: skip
+    assert outcome == ("stale", "")
+    [again], _ = await store.due_schedules(TAG, now_ms=60_000, batch=10)
+    assert ScheduleSpec.from_json(again.spec_json).command == "B"
