@@ -1,6 +1,6 @@
 """A stateful model test of a task's lifecycle: hypothesis drives create, batch
-create, claim (single, batch, concurrent), heartbeat, nack, abandon, result, cancel
-and lease expiry against a real daemon over HTTP, and checks every answer and the
+create, claim (single, batch, concurrent), heartbeat, nack, abandon, result, cancel,
+lease expiry and an operator's requeue / fail against a real daemon over HTTP, and checks every answer and the
 queue counts against a model; at the end every task is where the model says (no
 task lost), no task was ever leased twice, and every ended task ended exactly once.
 
@@ -43,7 +43,7 @@ WORKERS = {"worker": "worker-1", "worker2": "worker-2"}
 LONG_LEASE = 300  # seconds: no lease ends during a run unless the model makes it
 NACK_DELAY_CAP = 600  # the daemon's backoffMaxSeconds here: a nack delay above it is capped
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
-TERMINAL_EVENTS = {"completed", "failed", "dead_lettered", "cancelled"}
+TERMINAL_EVENTS = {"completed", "failed", "failed_by_admin", "dead_lettered", "cancelled"}
 EXPIRIES_PER_RUN = 1  # each costs a real lease of 1 s: the run's time budget
 EXAMPLES, STEPS = 20, 50
 
@@ -438,6 +438,42 @@ class LifecycleModel(RuleBasedStateMachine):
         assert body["status"] == ending, body
         self.saw(f"result {ending}")
         self.ended(task, ending, error)
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def admin_requeue(self, data: st.DataObject) -> None:
+        """An operator ends a lease now: back next in line (attempts kept), or
+        CANCELLED when its cancel was requested; a task not in progress is a 409."""
+        task = self.pick(data)
+        status, body = self.api.call(
+            "POST", f"/v1/codeq/admin/tasks/{task.id}/requeue", "admin", {}
+        )
+        if task.status != "IN_PROGRESS":
+            assert status == 409, (status, body, task)
+            self.saw(f"admin requeue refused 409 task is {task.status}")
+        elif task.cancel_requested:
+            assert (status, body["status"]) == (200, "cancelled"), body
+            self.saw("admin requeue cancelled")
+            self.ended(task, "CANCELLED")
+        else:
+            assert (status, body["status"]) == (200, "requeued"), body
+            self.saw("admin requeue")
+            self.requeued(task, front=True)
+
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def admin_fail(self, data: st.DataObject) -> None:
+        """An operator fails a task in progress now (its cancel request or not)."""
+        task = self.pick(data)
+        path = f"/v1/codeq/admin/tasks/{task.id}/fail"
+        status, body = self.api.call("POST", path, "admin", {"reason": "model"})
+        if task.status != "IN_PROGRESS":
+            assert status == 409, (status, body, task)
+            self.saw(f"admin fail refused 409 task is {task.status}")
+            return
+        assert (status, body["status"]) == (200, "failed"), body
+        self.saw("admin fail")
+        self.ended(task, "FAILED", "failed by admin: model")
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data(), tenant=st.sampled_from(["producer"] * 4 + ["producer_globex"]))
