@@ -328,7 +328,9 @@ class Service:
         for task in tasks:  # not self.abandon: the token need not have codeq:abandon
             proof = LeaseProof(worker_id=who.subject, lease_token=task.lease_token)
             with contextlib.suppress(CodeqError):
-                if await self.store.abandon(tag, task.id, proof, now_ms=now_ms()) is not None:
+                if await self.store.abandon(tag, task.id, proof, now_ms=now_ms()) is None:
+                    self._ended(task.id)  # its cancel was requested: it ended CANCELLED
+                else:
                     self.scheduler.became_ready(tag, task.command)
         log.info("claim's caller left; its tasks given back", tasks=[t.id for t in tasks])
         return []
