@@ -116,6 +116,22 @@ class Admin:
         if await self.store.resume(tag, check_command(command)):
             self.scheduler.became_ready(tag, command, EVERY)
 
+    async def settings(self, who: Principal, command: str) -> tuple[int, str]:
+        """The command's (maxInFlightPerKey, fairness)."""
+        require_admin(who)
+        return await self.store.queue_settings(keys.tenant_tag(who.tenant), check_command(command))
+
+    async def set_settings(
+        self, who: Principal, command: str, limit: int | None, fairness: str | None
+    ) -> tuple[int, str]:
+        """Sets them; blocked keys with a free slot under a raised limit are claimable
+        again at once (the script announces them, waking every daemon's waiters)."""
+        require_admin(who)
+        tag = keys.tenant_tag(who.tenant)
+        return await self.store.set_queue_settings(
+            tag, check_command(command), limit=limit, fairness=fairness
+        )
+
     async def purge(self, who: Principal, command: str) -> int:
         """Deletes every ready and delayed task of the command, one bounded batch per
         script call; in-progress and dead-lettered tasks stay."""

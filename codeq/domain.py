@@ -173,6 +173,7 @@ class NewTask:
     delay_seconds: float | None = None
     trace_parent: str | None = None
     trace_state: str | None = None
+    concurrency_key: str | None = None  # the queue's maxInFlightPerKey counts per key
 
 
 @dataclass(frozen=True, slots=True)

@@ -191,6 +191,11 @@ _SUBSCRIPTION_TTL = Field(
     "configured) is the ceiling",
 )
 
+# A concurrency key is part of store key names, so it holds no ':' (letters,
+# digits and _ . @ - only).
+_CONCURRENCY_KEY = r"[A-Za-z0-9_.@-]+"
+FAIRNESS_MODES = ("round_robin",)
+
 CREATE = Shape(
     {
         "command": replace(_COMMAND, required=True),
@@ -213,6 +218,13 @@ CREATE = Shape(
         ),
         "traceState": Field(
             "string", max_length=MAX_TRACESTATE, pattern=_TRACESTATE, description="W3C tracestate"
+        ),
+        "concurrencyKey": Field(
+            "string",
+            max_length=128,
+            pattern=_CONCURRENCY_KEY,
+            description="e.g. a customer id: the queue's maxInFlightPerKey limits the tasks of "
+            "one key in progress at once, and its fairness round_robin rotates claims across keys",
         ),
     }
 )
@@ -404,6 +416,21 @@ SUBSCRIBE = Shape(
     },
 )
 SUBSCRIPTION_HEARTBEAT = Shape({"ttlSeconds": _SUBSCRIPTION_TTL})
+QUEUE_SETTINGS = Shape(
+    {
+        "maxInFlightPerKey": Field(
+            "integer",
+            0,
+            1_000_000,
+            description="most tasks of one concurrencyKey in progress at once; 0 = no limit",
+        ),
+        "fairness": Field(
+            "string",
+            enum=("none", *FAIRNESS_MODES),
+            description="round_robin: claims rotate across concurrencyKeys; none: oldest first",
+        ),
+    }
+)
 
 # The field names of each body, which the transports name unknown fields against.
 CREATE_FIELDS = CREATE.names
@@ -418,6 +445,7 @@ REDRIVE_FIELDS = REDRIVE.names
 DLQ_QUERY_FIELDS = DLQ_QUERY.names
 TASK_LIST_QUERY_FIELDS = TASK_LIST_QUERY.names
 END_LEASE_FIELDS = END_LEASE.names
+QUEUE_SETTINGS_FIELDS = QUEUE_SETTINGS.names
 SUBSCRIBE_FIELDS = SUBSCRIBE.names
 SUBSCRIPTION_HEARTBEAT_FIELDS = SUBSCRIPTION_HEARTBEAT.names
 CALLBACKS_QUERY_FIELDS = CALLBACKS_QUERY.names
@@ -592,7 +620,31 @@ def parse_create(body: Body) -> NewTask:
         delay_seconds=_number(body, CREATE, "delaySeconds"),
         trace_parent=_trace(body, "traceParent", trace_parent_problem),
         trace_state=_trace(body, "traceState", trace_state_problem),
+        concurrency_key=_concurrency_key(body),
     )
+
+
+def _concurrency_key(body: Body) -> str | None:
+    value = _text(body, CREATE, "concurrencyKey")
+    if value is not None and not CREATE["concurrencyKey"].matches(value):
+        raise Invalid(
+            "concurrencyKey may only contain letters, digits and _ . @ -", field="concurrencyKey"
+        )
+    return value
+
+
+def parse_queue_settings(body: Body) -> tuple[int | None, str | None]:
+    """A queue's new key settings: (maxInFlightPerKey, fairness), None = unchanged;
+    fairness "none" is returned as ""."""
+    limit = _int(body, QUEUE_SETTINGS, "maxInFlightPerKey")
+    fairness = _text(body, QUEUE_SETTINGS, "fairness")
+    if fairness is not None and fairness not in QUEUE_SETTINGS["fairness"].enum:
+        raise Invalid("fairness must be none or round_robin", field="fairness")
+    return limit, (None if fairness is None else "" if fairness == "none" else fairness)
+
+
+def queue_settings_to_wire(command: str, limit: int, fairness: str) -> dict[str, Any]:
+    return {"command": command, "maxInFlightPerKey": limit, "fairness": fairness or "none"}
 
 
 def parse_claim(
@@ -744,6 +796,7 @@ def task_to_wire(task: Task, *, with_lease_token: bool = False) -> dict[str, Any
         "idempotencyKey": task.idempotency_key,
         "traceParent": task.trace_parent,
         "traceState": task.trace_state,
+        "concurrencyKey": task.extra.get("concurrencyKey") or None,
         "retryReason": task.extra.get("retryReason") or None,
         "lastError": task.extra.get("lastError") or None,
         "redriveCount": int(task.extra["redriveCount"]) if task.extra.get("redriveCount") else None,

@@ -554,6 +554,25 @@ async def admin_resume(request: web.Request) -> web.Response:
     return json_response({"command": command, "paused": False})
 
 
+async def admin_settings(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    command = request.match_info["command"]
+    limit, fairness = await ctx.service.admin.settings(who, command)
+    return json_response(wire.queue_settings_to_wire(command, limit, fairness))
+
+
+async def admin_set_settings(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    who = await _caller(request, ctx.auth.anyone)
+    command = request.match_info["command"]
+    new_limit, new_fairness = wire.parse_queue_settings(
+        await _body(request, wire.QUEUE_SETTINGS_FIELDS)
+    )
+    limit, fairness = await ctx.service.admin.set_settings(who, command, new_limit, new_fairness)
+    return json_response(wire.queue_settings_to_wire(command, limit, fairness))
+
+
 async def admin_purge(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     who = await _caller(request, ctx.auth.anyone)
@@ -749,6 +768,8 @@ def build_app(ctx: TransportContext) -> web.Application:
     app.router.add_post(f"{admin}/queues/{{command}}/pause", admin_pause)
     app.router.add_post(f"{admin}/queues/{{command}}/resume", admin_resume)
     app.router.add_post(f"{admin}/queues/{{command}}/purge", admin_purge)
+    app.router.add_get(f"{admin}/queues/{{command}}/settings", admin_settings)
+    app.router.add_post(f"{admin}/queues/{{command}}/settings", admin_set_settings)
     app.router.add_get(f"{admin}/queues/{{command}}/dlq", admin_dlq)
     app.router.add_post(f"{admin}/queues/{{command}}/dlq/redrive", admin_redrive)
     app.router.add_get(f"{admin}/queues/{{command}}/tasks", admin_tasks)

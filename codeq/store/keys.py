@@ -31,6 +31,14 @@ Layout (``P`` = ``cq:{tag}:``)::
     P cb:<callback id>       hash     a result callback in the outbox (URL, body record, attempts)
     P cbq                    zset     callback IDs by next delivery attempt (ms)
     P cbdead                 zset     abandoned callback IDs by abandon time (ms)
+    P kq:<command>:<tier>:<key>  list  ready task IDs of one concurrencyKey in a tier (as q:)
+    P kr:<command>:<tier>    zset     the tier's rotation: keys with ready tasks and a free
+                                      slot, by when they got in line (ms x 1000; with
+                                      fairness round_robin each claim sends its key to the back)
+    P kf:<command>           hash     concurrencyKey -> its tasks in progress
+    P kb:<command>           set      keys that left the rotations with every slot taken
+    P kn:<command>           string   how many keyed tasks are ready (the depth)
+    P qs:<command>           hash     queue settings: maxInFlightPerKey, fairness
     P sch:<name>             hash     a recurring schedule: spec (JSON), next (ms, '' = ended),
                                       version, paused, fires, misfires, lastFireAt, lastTaskId
     P schs                   zset     names of the active schedules by next fire time (ms):
@@ -170,6 +178,30 @@ def outbox(tag: str) -> str:
 
 def abandoned_callbacks(tag: str) -> str:
     return f"{prefix(tag)}cbdead"
+
+
+def keyed_ready(tag: str, command: str, tier: int, concurrency_key: str) -> str:
+    return f"{prefix(tag)}kq:{command}:{tier}:{concurrency_key}"
+
+
+def key_rotation(tag: str, command: str, tier: int) -> str:
+    return f"{prefix(tag)}kr:{command}:{tier}"
+
+
+def key_in_flight(tag: str, command: str) -> str:
+    return f"{prefix(tag)}kf:{command}"
+
+
+def blocked_keys(tag: str, command: str) -> str:
+    return f"{prefix(tag)}kb:{command}"
+
+
+def keyed_depth(tag: str, command: str) -> str:
+    return f"{prefix(tag)}kn:{command}"
+
+
+def queue_settings(tag: str, command: str) -> str:
+    return f"{prefix(tag)}qs:{command}"
 
 
 def schedule(tag: str, name: str) -> str:

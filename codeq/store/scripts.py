@@ -45,6 +45,7 @@ NAMES = (
     "schedule_pause",
     "schedule_delete",
     "schedule_due",
+    "queue_settings",
 )
 # Scripts that do not work on a tenant: lib.lua (which reads KEYS[1] as a tenant
 # prefix) is not prepended, and KEYS[1] is whatever single key the script names.

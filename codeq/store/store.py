@@ -359,6 +359,7 @@ class Store:
             new.trace_state or "",
             tenant,
             new.idempotency_key or "",
+            new.concurrency_key or "",
         )
         return _created(
             reply, NewTaskRow(task_id, new, max_attempts, visible_at_ms), tenant, now_ms
@@ -382,6 +383,7 @@ class Store:
                 row.new.trace_parent or "",
                 row.new.trace_state or "",
                 row.new.idempotency_key or "",
+                row.new.concurrency_key or "",
             ]
             for row in rows
         ]
@@ -607,6 +609,23 @@ class Store:
         how many it deleted and whether more may be past the cutoff."""
         deleted, more = await self._call("cleanup", tag, before_ms, limit)
         return int(deleted), bool(int(more))
+
+    async def queue_settings(self, tag: str, command: str) -> tuple[int, str]:
+        """A command's key settings: (maxInFlightPerKey, 0 = none; fairness, '' = none)."""
+        async with self._reachable():
+            limit, fairness = await self.redis.hmget(
+                keys.queue_settings(tag, command), ["maxInFlightPerKey", "fairness"]
+            )
+        return int(limit or 0), str(fairness or "")
+
+    async def set_queue_settings(
+        self, tag: str, command: str, *, limit: int | None, fairness: str | None
+    ) -> tuple[int, str]:
+        """Sets a command's key settings (None: unchanged); returns them as stored."""
+        limit_arg = "-" if limit is None else limit
+        fairness_arg = "-" if fairness is None else fairness
+        stored, mode = await self._call("queue_settings", tag, command, limit_arg, fairness_arg)
+        return int(stored), mode
 
     async def pause(self, tag: str, command: str) -> None:
         await self._call("pause", tag, command)
@@ -1103,6 +1122,7 @@ def _created(reply: Any, row: NewTaskRow, tenant: str, now_ms: int) -> tuple[Tas
         idempotency_key=new.idempotency_key,
         trace_parent=new.trace_parent,
         trace_state=new.trace_state,
+        extra={"concurrencyKey": new.concurrency_key} if new.concurrency_key else {},
     ), True
 
 

@@ -13,7 +13,7 @@ if f[3] == '1' then
   finish_cancelled(id, key, f[1], now, {worker = ARGV[3], via = 'abandon'}, tonumber(ARGV[5]))
   return {'cancelled'}
 end
-redis.call('ZREM', k_inprog(f[1]), id)
+release_lease(id, f[1])
 redis.call('HSET', key, 'status', 'PENDING', 'workerId', '', 'leaseUntil', '', 'leaseToken', '',
   'updatedAt', now)
 push_ready(id, f[1], tonumber(f[2]), true, ARGV[6])

@@ -20,7 +20,7 @@ if f[6] == '1' then
   finish_cancelled(id, key, f[2], now, detail, limit)
   return {'cancelled', redis.call('HGETALL', key)}
 end
-redis.call('ZREM', k_inprog(f[2]), id)
+release_lease(id, f[2])
 redis.call('HSET', key, 'status', 'PENDING', 'workerId', '', 'leaseUntil', '', 'leaseToken', '',
   'updatedAt', now, 'retryReason', 'ADMIN_REQUEUED')
 push_ready(id, f[2], tonumber(f[3]), true, ARGV[6])

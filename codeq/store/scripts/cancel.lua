@@ -8,7 +8,8 @@
 --       | {'terminal', status}.
 local id, now, by, reason, limit = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
 local key = k_task(id)
-local f = redis.call('HMGET', key, 'status', 'command', 'priority', 'cancelRequested')
+local f = redis.call('HMGET', key, 'status', 'command', 'priority', 'cancelRequested',
+  'concurrencyKey')
 local status, cmd = f[1], f[2]
 if not status then return {'not_found'} end
 local detail = {by = by}
@@ -16,6 +17,9 @@ if reason ~= '' then detail['reason'] = reason end
 if status == 'PENDING' then
   if redis.call('ZREM', k_delayed(cmd), id) == 1 then
     detail['from'] = 'delayed'
+  elseif f[5] and f[5] ~= '' then
+    unready_keyed(id, cmd, f[3], f[5])
+    detail['from'] = 'ready'
   else
     redis.call('LREM', k_ready(cmd, f[3]), 0, id)
     detail['from'] = 'ready'

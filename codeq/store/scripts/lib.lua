@@ -17,6 +17,14 @@ local function k_gate(id) return P .. 'ntf:' .. id end
 local function k_rr(cmd, group) return P .. 'rr:' .. cmd .. ':' .. group end
 local function k_callback(id) return P .. 'cb:' .. id end
 local function k_schedule(name) return P .. 'sch:' .. name end
+-- concurrency keys: a keyed task waits in its key's list of its tier; the keys of a
+-- tier that have ready tasks and a free slot wait in the tier's rotation
+local function k_kready(cmd, tier, ckey) return P .. 'kq:' .. cmd .. ':' .. tier .. ':' .. ckey end
+local function k_rotation(cmd, tier) return P .. 'kr:' .. cmd .. ':' .. tier end
+local function k_inflight(cmd) return P .. 'kf:' .. cmd end
+local function k_blocked(cmd) return P .. 'kb:' .. cmd end
+local function k_kdepth(cmd) return P .. 'kn:' .. cmd end
+local function k_qsettings(cmd) return P .. 'qs:' .. cmd end
 local K_SUBS = P .. 'subs'
 local K_SUBCMDS = P .. 'subcmds'
 local K_OUTBOX = P .. 'cbq'
@@ -44,7 +52,7 @@ end
 local function ready_depth(cmd)
   local n = 0
   for tier = 0, 9 do n = n + redis.call('LLEN', k_ready(cmd, tier)) end
-  return n
+  return n + (tonumber(redis.call('GET', k_kdepth(cmd))) or 0)
 end
 
 -- Announces ready work on the pub/sub channel: "<origin>|<tag>|<command>|<edge>",
@@ -54,14 +62,101 @@ local function announce_ready(cmd, edge, origin)
   redis.call('PUBLISH', READY_CHANNEL, origin .. '|' .. TAG .. '|' .. cmd .. '|' .. edge)
 end
 
+-- A queue's key settings: maxInFlightPerKey (0 = no limit) and whether claims
+-- rotate across keys (fairness round_robin).
+local function key_settings(cmd)
+  local f = redis.call('HMGET', k_qsettings(cmd), 'maxInFlightPerKey', 'fairness')
+  return tonumber(f[1]) or 0, f[2] == 'round_robin'
+end
+
+-- Whether a key of a command has a free slot under `limit`.
+local function has_slot(cmd, ckey, limit)
+  if limit <= 0 then return true end
+  return (tonumber(redis.call('HGET', k_inflight(cmd), ckey)) or 0) < limit
+end
+
+-- Where a key (re-)enters a tier's rotation, in the rotation's score (ms x 1000):
+-- by its oldest ready task's time, or with fairness at the back of the rotation, so
+-- every key waiting gets one claim before any gets a second.
+local function rotation_score(cmd, tier, ckey, fair)
+  local head = redis.call('LINDEX', k_kready(cmd, tier, ckey), -1)
+  local at = (head and tonumber(redis.call('HGET', k_task(head), 'updatedAt')) or 0) * 1000
+  if fair then
+    local tail = redis.call('ZRANGE', k_rotation(cmd, tier), -1, -1, 'WITHSCORES')
+    if tail[2] and tonumber(tail[2]) + 1 > at then at = tonumber(tail[2]) + 1 end
+  end
+  return at
+end
+
+-- Puts a key with ready tasks in a tier into that tier's rotation (unless it is).
+local function activate(cmd, tier, ckey, fair)
+  local rot = k_rotation(cmd, tier)
+  if redis.call('ZSCORE', rot, ckey) then return end
+  redis.call('ZADD', rot, rotation_score(cmd, tier, ckey, fair), ckey)
+end
+
 -- Makes a task ready in its tier. `front` puts it next in line (abandon).
 -- Announces it when the tier goes from empty to non-empty, so waiters on other
 -- daemons learn of it; local waiters are woken by the caller.
-local function push_ready(id, cmd, tier, front, origin)
-  local key = k_ready(cmd, tier)
+-- A task with a concurrency key (`ckey`; nil: read from the record) waits in its
+-- key's list; the key enters the tier's rotation when it has a free slot, else it
+-- is blocked until a lease of the key ends.
+local function push_ready(id, cmd, tier, front, origin, ckey)
+  if ckey == nil then ckey = redis.call('HGET', k_task(id), 'concurrencyKey') or '' end
+  local key = ckey == '' and k_ready(cmd, tier) or k_kready(cmd, tier, ckey)
   local n
   if front then n = redis.call('RPUSH', key, id) else n = redis.call('LPUSH', key, id) end
+  if ckey ~= '' then
+    redis.call('INCR', k_kdepth(cmd))
+    if n > 1 then return end
+    local limit, fair = key_settings(cmd)
+    if not has_slot(cmd, ckey, limit) then
+      redis.call('SADD', k_blocked(cmd), ckey)
+      return
+    end
+    activate(cmd, tier, ckey, fair)
+  end
   if n == 1 then announce_ready(cmd, ready_depth(cmd) == 1 and 1 or 0, origin) end
+end
+
+-- Puts a key that was blocked back into the rotation of every tier where it has
+-- ready tasks; true when there was one.
+local function activate_tiers(cmd, ckey, fair)
+  local any = false
+  for tier = 0, 9 do
+    if redis.call('LLEN', k_kready(cmd, tier, ckey)) > 0 then
+      activate(cmd, tier, ckey, fair)
+      any = true
+    end
+  end
+  return any
+end
+
+-- A lease of a task ended: when the task has a concurrency key, its slot is free,
+-- and a key that was blocked enters the rotations of the tiers where it has ready
+-- tasks again (announced with no origin, so every daemon wakes its waiters).
+local function free_slot(id, cmd)
+  local ckey = redis.call('HGET', k_task(id), 'concurrencyKey')
+  if not ckey or ckey == '' then return end
+  local n = redis.call('HINCRBY', k_inflight(cmd), ckey, -1)
+  if n <= 0 then redis.call('HDEL', k_inflight(cmd), ckey) end
+  local limit, fair = key_settings(cmd)
+  if limit > 0 and n >= limit then return end
+  if redis.call('SREM', k_blocked(cmd), ckey) == 0 then return end
+  if activate_tiers(cmd, ckey, fair) then announce_ready(cmd, 0, '') end
+end
+
+-- Ends the lease of a task (out of the in-progress set), freeing its key's slot.
+local function release_lease(id, cmd)
+  if redis.call('ZREM', k_inprog(cmd), id) == 1 then free_slot(id, cmd) end
+end
+
+-- Takes a PENDING keyed task out of its key's ready list (cancel), leaving the
+-- rotation when the key has no more ready tasks in the tier.
+local function unready_keyed(id, cmd, tier, ckey)
+  local list = k_kready(cmd, tier, ckey)
+  if redis.call('LREM', list, 0, id) > 0 then redis.call('DECR', k_kdepth(cmd)) end
+  if redis.call('LLEN', list) == 0 then redis.call('ZREM', k_rotation(cmd, tier), ckey) end
 end
 
 -- Queues the result callback of a task that just ended, in the step that ends it,
@@ -100,9 +195,11 @@ local function create_task(t, now, idem_ttl, limit, origin, tenant)
   local fields = {'id', id, 'command', t.cmd, 'payload', t.payload, 'priority', t.priority,
     'status', 'PENDING', 'attempts', 0, 'maxAttempts', t.max_attempts, 'tenantId', tenant,
     'createdAt', now, 'updatedAt', now}
+  local ckey = t.ckey or ''
   -- optional fields only when given: a smaller record to store, claim and read back
   for _, optional in ipairs({{'webhook', t.webhook}, {'traceParent', t.trace_parent},
-      {'traceState', t.trace_state}, {'idempotencyKey', t.idem_key}, {'idemDigest', t.digest}}) do
+      {'traceState', t.trace_state}, {'idempotencyKey', t.idem_key}, {'idemDigest', t.digest},
+      {'concurrencyKey', ckey}}) do
     if optional[2] ~= '' then
       fields[#fields + 1] = optional[1]
       fields[#fields + 1] = optional[2]
@@ -115,7 +212,7 @@ local function create_task(t, now, idem_ttl, limit, origin, tenant)
     redis.call('ZADD', k_delayed(t.cmd), t.visible, id)
     history(id, now, 'created', {runAt = t.visible}, limit)
   else
-    push_ready(id, t.cmd, tonumber(t.priority), false, origin)
+    push_ready(id, t.cmd, tonumber(t.priority), false, origin, ckey)
     history(id, now, 'created', nil, limit)
   end
   return {'created', id}
@@ -145,7 +242,7 @@ end
 -- callback when the task has a webhook. `f` holds the task's {webhook, command,
 -- traceParent}. Returns 1 when a callback was queued else 0.
 local function end_with_result(id, key, now, status, record, err, event, detail, limit, f)
-  redis.call('ZREM', k_inprog(f[2]), id)
+  release_lease(id, f[2])
   redis.call('HSET', key, 'status', status, 'error', err, 'leaseUntil', '', 'leaseToken', '',
     'updatedAt', now, 'completedAt', now)
   redis.call('SET', k_result(id), record)
@@ -209,7 +306,7 @@ end
 -- Returns -1 when dead-lettered, else the delay applied.
 local function retry_or_dead_letter(id, key, cmd, now, delay, reason, limit, origin)
   local f = redis.call('HMGET', key, 'attempts', 'maxAttempts', 'priority')
-  redis.call('ZREM', k_inprog(cmd), id)
+  release_lease(id, cmd)
   if tonumber(f[1]) >= tonumber(f[2]) then
     dead_letter(id, key, cmd, now, reason, limit)
     return -1
@@ -229,7 +326,7 @@ end
 -- Ends a task as CANCELLED: out of the lease and delay sets, terminal (retention
 -- index, ended index), with a `cancelled` timeline entry saying who and how.
 local function finish_cancelled(id, key, cmd, now, detail, limit)
-  redis.call('ZREM', k_inprog(cmd), id)
+  release_lease(id, cmd)
   redis.call('ZREM', k_delayed(cmd), id)
   redis.call('HSET', key, 'status', 'CANCELLED', 'leaseUntil', '', 'leaseToken', '',
     'updatedAt', now, 'completedAt', now)

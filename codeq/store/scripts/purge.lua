@@ -27,6 +27,28 @@ for tier = 0, 9 do
     purge(id)
   end
 end
+-- keyed ready tasks: the keys of each tier's rotation, and the blocked keys
+local ckeys = redis.call('SMEMBERS', k_blocked(cmd))
+for tier = 0, 9 do
+  for _, ckey in ipairs(redis.call('ZRANGE', k_rotation(cmd, tier), 0, -1)) do
+    ckeys[#ckeys + 1] = ckey
+  end
+end
+for _, ckey in ipairs(ckeys) do
+  for tier = 0, 9 do
+    local list = k_kready(cmd, tier, ckey)
+    while taken < max do
+      local id = redis.call('RPOP', list)
+      if not id then
+        redis.call('ZREM', k_rotation(cmd, tier), ckey)
+        break
+      end
+      redis.call('DECR', k_kdepth(cmd))
+      taken = taken + 1
+      purge(id)
+    end
+  end
+end
 if taken < max then
   local zkey = k_delayed(cmd)
   for _, id in ipairs(redis.call('ZRANGE', zkey, 0, max - taken - 1)) do

@@ -2,7 +2,7 @@
 -- KEYS[1] tenant prefix
 -- ARGV  1.. commands (none = every command of the tenant)
 -- Returns a list of {command, ready, delayed, inProgress, dlq, paused (1|0), oldest},
--- sorted by command; ready is the sum of the ten tier lists; oldest is when the longest
+-- sorted by command; ready is the sum of the ten tier lists and the keyed ready tasks; oldest is when the longest
 -- waiting ready task became ready (ms; 0 when none). An unknown command counts zeros.
 local cmds = {}
 if #ARGV > 0 then
@@ -25,6 +25,7 @@ for _, cmd in ipairs(cmds) do
       if since > 0 and (oldest == 0 or since < oldest) then oldest = since end
     end
   end
+  ready = ready + (tonumber(redis.call('GET', k_kdepth(cmd))) or 0)
   out[#out + 1] = {cmd, ready, redis.call('ZCARD', k_delayed(cmd)),
     redis.call('ZCARD', k_inprog(cmd)), redis.call('ZCARD', k_dlq(cmd)),
     redis.call('SISMEMBER', K_PAUSED, cmd), oldest}
