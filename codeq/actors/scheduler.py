@@ -23,11 +23,12 @@ EVERY = 1 << 30  # became_ready's count when it is not known: wake every waiter
 class Waiter:
     """One claim request waiting for work on one or more queues."""
 
-    __slots__ = ("_event", "keys")
+    __slots__ = ("_event", "claiming", "keys")
 
     def __init__(self, keys: list[tuple[str, str]]) -> None:
         self.keys = keys
         self._event = asyncio.Event()
+        self.claiming = False  # woken, and trying to claim (until it waits again)
 
     @property
     def woken(self) -> bool:
@@ -38,6 +39,7 @@ class Waiter:
 
     async def wait(self, deadline: float) -> bool:
         """Waits for a wake-up until the loop-time deadline; False when it passed."""
+        self.claiming = False
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             return False
@@ -47,6 +49,7 @@ class Waiter:
         except TimeoutError:
             return False
         self._event.clear()
+        self.claiming = True
         return True
 
 
@@ -62,9 +65,12 @@ class WaiterHandle:
 
     def pass_on(self) -> None:
         """After a successful claim more work may be ready: wake the next waiter
-        (never this one, which is still registered and about to return)."""
+        (never this one, which is still registered and about to return) -- unless
+        another waiter of the queue is already awake or claiming: it carries the
+        baton on, and the oldest waiters keep their turn."""
         for key in self._waiter.keys:
-            self._scheduler.wake(key, 1, skip=self._waiter)
+            if not self._scheduler.awake_besides(key, self._waiter):
+                self._scheduler.wake(key, 1, skip=self._waiter)
 
 
 class Scheduler(Actor):
@@ -138,6 +144,10 @@ class Scheduler(Actor):
                 waiter.wake()
                 woken += 1
         return woken
+
+    def awake_besides(self, key: tuple[str, str], waiter: Waiter) -> bool:
+        """Whether a waiter of the queue other than `waiter` is woken or claiming."""
+        return any(w is not waiter and (w.woken or w.claiming) for w in self._waiters.get(key, ()))
 
     def _ready(self, tag: str, command: str, count: int) -> None:
         """Wakes one waiter per ready task: those of the queue first, then those
